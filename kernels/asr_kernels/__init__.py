@@ -1,0 +1,1 @@
+"""Triton kernels for asr, each with a PyTorch reference."""

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Debian packages the offline corpus needs: TTS engines, sox, and the sentence sources.
+# Installs only what is missing; needs root (or sudo) the first time.
+set -euo pipefail
+
+packages=(espeak-ng flite festival festvox-kallpc16k sox libsox-fmt-all fortunes fortunes-min wordnet-base)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if ! command -v apt-get >/dev/null; then
+    echo "install_system_deps: no apt-get; please install: ${missing[*]}" >&2
+    exit 1
+fi
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+echo "installing Debian packages: ${missing[*]}"
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
