@@ -1,0 +1,261 @@
+"""Word (or character) error rate of hypotheses against references: ``asr wer REF HYP``.
+
+Both files hold one utterance a line, ``<id><TAB><text>`` or Kaldi's ``<id> <text>``. Each pair is
+aligned with kaldialign (Levenshtein, unit costs); the totals, per-utterance alignments and the most
+frequent errors are reported, ending with a Kaldi/icefall-like line::
+
+    WER 12.50% [3 / 24, 1 ins, 1 del, 1 sub]
+
+An id present in REF but not in HYP is scored as all-deletions (with a warning naming it); an id only
+in HYP cannot be scored and is reported. ``compute_wer`` and ``write_error_stats`` are the Python
+API that ``asr decode`` uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+import kaldialign
+
+EPS = ""  # the gap in alignments: never a unit, as splitting yields no empty strings
+SHOWN_EPS = "*"  # how a gap is printed
+
+
+@dataclass
+class UtteranceAlignment:
+    """One scored utterance: its alignment as ``(ref_word, hyp_word)`` pairs, ``EPS`` (``""``) marking a gap."""
+
+    id: str
+    ref: list[str]
+    hyp: list[str]
+    alignment: list[tuple[str, str]]
+    insertions: int
+    deletions: int
+    substitutions: int
+
+    @property
+    def errors(self) -> int:
+        return self.insertions + self.deletions + self.substitutions
+
+    def markup(self) -> str:
+        """The reference with each error inline: ``THE (CAT->HAT) SAT (*->DOWN) (ON->*)``."""
+        return " ".join(r if r == h else f"({r or SHOWN_EPS}->{h or SHOWN_EPS})" for r, h in self.alignment)
+
+
+@dataclass
+class WerResult:
+    """Totals over a test set, the per-utterance alignments, and the ids that did not pair up."""
+
+    utterances: list[UtteranceAlignment] = field(default_factory=list)
+    ref_words: int = 0
+    insertions: int = 0
+    deletions: int = 0
+    substitutions: int = 0
+    missing_hyp: list[str] = field(default_factory=list)  # in REF only: scored as all-deletions
+    extra_hyp: list[str] = field(default_factory=list)  # in HYP only: not scored
+    unit: str = "word"
+
+    @property
+    def errors(self) -> int:
+        return self.insertions + self.deletions + self.substitutions
+
+    @property
+    def wer(self) -> float:
+        """Errors divided by reference words (a fraction, not a percentage); inf if an empty
+        reference set received words, 0 if both are empty."""
+        if self.ref_words == 0:
+            return 0.0 if self.errors == 0 else float("inf")
+        return self.errors / self.ref_words
+
+    def summary_line(self) -> str:
+        name = "CER" if self.unit == "char" else "WER"
+        return (
+            f"{name} {100 * self.wer:.2f}% [{self.errors} / {self.ref_words}, "
+            f"{self.insertions} ins, {self.deletions} del, {self.substitutions} sub]"
+        )
+
+    def error_counts(self) -> tuple[Counter, Counter, Counter]:
+        """``(substitutions, insertions, deletions)``: Counters keyed by ``(ref, hyp)``, hyp word, ref word."""
+        subs: Counter = Counter()
+        ins: Counter = Counter()
+        dels: Counter = Counter()
+        for utt in self.utterances:
+            for r, h in utt.alignment:
+                if r == EPS:
+                    ins[h] += 1
+                elif h == EPS:
+                    dels[r] += 1
+                elif r != h:
+                    subs[(r, h)] += 1
+        return subs, ins, dels
+
+
+def split_units(text: str, unit: str = "word") -> list[str]:
+    """Words split on whitespace, or (``unit="char"``) every non-space character (CER for Mandarin)."""
+    if unit == "char":
+        return [c for c in text if not c.isspace()]
+    if unit != "word":
+        raise ValueError(f"unit must be 'word' or 'char', not {unit!r}")
+    return text.split()
+
+
+def align_utterance(utt_id: str, ref: list[str], hyp: list[str]) -> UtteranceAlignment:
+    alignment = [tuple(pair) for pair in kaldialign.align(ref, hyp, EPS)]
+    ins = sum(r == EPS for r, _ in alignment)
+    dels = sum(h == EPS for _, h in alignment)
+    subs = sum(r != h and EPS not in (r, h) for r, h in alignment)
+    return UtteranceAlignment(utt_id, ref, hyp, alignment, ins, dels, subs)
+
+
+def compute_wer(refs: dict[str, str], hyps: dict[str, str], unit: str = "word") -> WerResult:
+    """Score ``hyps`` against ``refs`` (both ``id -> text``), utterances in the order of ``refs``.
+
+    Ids missing from ``hyps`` are scored against an empty hypothesis and warned about; ids only in
+    ``hyps`` are listed in ``extra_hyp`` and warned about.
+    """
+    result = WerResult(unit=unit)
+    for utt_id, ref_text in refs.items():
+        if utt_id not in hyps:
+            result.missing_hyp.append(utt_id)
+        utt = align_utterance(utt_id, split_units(ref_text, unit), split_units(hyps.get(utt_id, ""), unit))
+        result.utterances.append(utt)
+        result.ref_words += len(utt.ref)
+        result.insertions += utt.insertions
+        result.deletions += utt.deletions
+        result.substitutions += utt.substitutions
+    result.extra_hyp = [utt_id for utt_id in hyps if utt_id not in refs]
+    if result.missing_hyp:
+        warnings.warn(
+            f"{len(result.missing_hyp)} reference id(s) have no hypothesis, scored as all-deletions: "
+            + _some(result.missing_hyp),
+            stacklevel=2,
+        )
+    if result.extra_hyp:
+        warnings.warn(
+            f"{len(result.extra_hyp)} hypothesis id(s) have no reference, not scored: " + _some(result.extra_hyp),
+            stacklevel=2,
+        )
+    return result
+
+
+def _some(ids: list[str], limit: int = 10) -> str:
+    shown = ", ".join(ids[:limit])
+    return shown + (f", ... ({len(ids) - limit} more)" if len(ids) > limit else "")
+
+
+def format_top_errors(result: WerResult, top: int = 10) -> str:
+    """The ``top`` most frequent substitutions, insertions and deletions, with counts."""
+    subs, ins, dels = result.error_counts()
+    lines = []
+    for title, counter, show in (
+        ("substitutions", subs, lambda k: f"{k[0]} -> {k[1]}"),
+        ("insertions", ins, lambda k: k),
+        ("deletions", dels, lambda k: k),
+    ):
+        lines.append(f"most frequent {title} ({sum(counter.values())} in all):")
+        # Most frequent first; ties broken alphabetically so the report is deterministic.
+        for key, count in sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))[:top]:
+            lines.append(f"  {count:6d}  {show(key)}")
+    return "\n".join(lines)
+
+
+def format_per_utterance(result: WerResult, only_errors: bool = True) -> str:
+    lines = []
+    for utt in result.utterances:
+        if only_errors and utt.errors == 0:
+            continue
+        lines.append(
+            f"{utt.id}:\t{utt.errors} err / {len(utt.ref)} "
+            f"({utt.insertions} ins, {utt.deletions} del, {utt.substitutions} sub)\t{utt.markup()}"
+        )
+    return "\n".join(lines)
+
+
+def write_error_stats(path_or_file: str | Path | TextIO, result: WerResult, top: int | None = None) -> None:
+    """Write the full report: summary, every utterance's alignment, and all error counts.
+
+    ``top`` limits each error list (default: all).
+    """
+    if isinstance(path_or_file, (str, Path)):
+        with open(path_or_file, "w", encoding="utf-8") as f:
+            write_error_stats(f, result, top)
+        return
+    f = path_or_file
+    subs, ins, dels = result.error_counts()
+    n = top if top is not None else max(len(subs), len(ins), len(dels), 1)
+    f.write(result.summary_line() + "\n")
+    if result.missing_hyp:
+        f.write(f"ids without hypothesis (scored as deletions): {' '.join(result.missing_hyp)}\n")
+    if result.extra_hyp:
+        f.write(f"ids without reference (not scored): {' '.join(result.extra_hyp)}\n")
+    f.write("\nPER-UTTERANCE ALIGNMENTS (ref with (ref->hyp) errors):\n")
+    f.write(format_per_utterance(result, only_errors=False) + "\n\n")
+    f.write(format_top_errors(result, top=n) + "\n")
+
+
+def read_text_file(path: str | Path) -> dict[str, str]:
+    """Read ``<id>\\t<text>`` / ``<id> <text>`` lines into ``id -> text``. Blank lines are skipped; an
+    id alone means an empty text; a repeated id is an error naming the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    texts: dict[str, str] = {}
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            fields = line.strip().split(maxsplit=1)
+            if not fields:
+                continue
+            utt_id = fields[0]
+            if utt_id in texts:
+                raise ValueError(f"{path}:{lineno}: id {utt_id!r} appears twice")
+            texts[utt_id] = fields[1] if len(fields) > 1 else ""
+    return texts
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="asr wer",
+        description="Word error rate of hypotheses against references (kaldialign alignment).",
+    )
+    parser.add_argument("ref", type=Path, help="reference text: lines '<id>\\t<text>' or '<id> <text>'")
+    parser.add_argument("hyp", type=Path, help="hypothesis text, same format")
+    parser.add_argument("--errs", type=Path, help="write the full per-utterance report here instead of stdout")
+    parser.add_argument("--top", type=int, default=10, help="how many of the most frequent errors to list")
+    parser.add_argument("--chars", action="store_true", help="score characters (CER), ignoring spaces")
+    args = parser.parse_args(argv)
+
+    try:
+        refs, hyps = read_text_file(args.ref), read_text_file(args.hyp)
+    except (OSError, ValueError) as e:
+        print(f"asr wer: {e}", file=sys.stderr)
+        return 1
+    if not refs:
+        print(f"asr wer: {args.ref} holds no utterances", file=sys.stderr)
+        return 1
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = compute_wer(refs, hyps, unit="char" if args.chars else "word")
+    for w in caught:
+        print(f"asr wer: warning: {w.message}", file=sys.stderr)
+
+    if args.errs is not None:
+        write_error_stats(args.errs, result)
+        print(f"per-utterance report written to {args.errs}")
+    else:
+        per_utt = format_per_utterance(result)
+        if per_utt:
+            print(per_utt)
+    print(format_top_errors(result, top=args.top))
+    print(f"{len(result.utterances)} utterances, {sum(u.errors > 0 for u in result.utterances)} with errors")
+    print(result.summary_line())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
