@@ -1,0 +1,129 @@
+"""Build models by encoder name, and the model checkpoint format.
+
+A model checkpoint is a ``torch.save`` dict::
+
+    {"format": "asr-model", "version": 1,
+     "config": {"encoder_name": ..., "vocab_size": ..., "heads": [...], "causal": ..., "model_kwargs": {...},
+                "encoder_kwargs": {...}},
+     "state_dict": {...}, "extra": {...}}
+
+``config`` holds the arguments of :func:`build_model`, so :func:`load_model` needs only the path.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+import asr.encoders as asr_encoders
+from asr.models.asr_model import HEADS, AsrModel
+
+CHECKPOINT_FORMAT = "asr-model"
+CHECKPOINT_VERSION = 1
+
+# Head sizes per encoder preset. icefall's recipes use decoder 512 / joiner 512 for every Zipformer
+# size; zipformer-xs is ours (CPU recipes) and gets smaller heads to match its smaller encoder.
+HEAD_PRESETS: dict[str, dict[str, int]] = {
+    "zipformer-xs": {"decoder_dim": 256, "joiner_dim": 256},
+    "zipformer-small": {"decoder_dim": 512, "joiner_dim": 512},
+    "zipformer-medium": {"decoder_dim": 512, "joiner_dim": 512},
+    "zipformer-large": {"decoder_dim": 512, "joiner_dim": 512},
+}
+
+_MODEL_KWARGS = ("decoder_dim", "joiner_dim", "context_size", "blank_id", "ctc_dropout")
+
+
+def build_model(
+    encoder_name: str,
+    vocab_size: int,
+    heads: Sequence[str] = HEADS,
+    causal: bool = False,
+    encoder_kwargs: dict[str, Any] | None = None,
+    **model_kwargs: Any,
+) -> AsrModel:
+    """An :class:`AsrModel` on ``asr.encoders.build_encoder(encoder_name, causal, **encoder_kwargs)``.
+
+    Args:
+        encoder_name: an encoder preset name, e.g. ``"zipformer-small"``.
+        vocab_size: output symbols including blank.
+        heads: non-empty subset of ``("transducer", "ctc")``.
+        causal: streaming (chunk-causal) encoder.
+        encoder_kwargs: overrides passed to ``build_encoder``.
+        **model_kwargs: ``decoder_dim``, ``joiner_dim``, ``context_size``, ``blank_id``, ``ctc_dropout``;
+            unset head sizes come from :data:`HEAD_PRESETS` (else :class:`AsrModel`'s defaults).
+    """
+    unknown = sorted(set(model_kwargs) - set(_MODEL_KWARGS))
+    if unknown:
+        raise TypeError(f"build_model: unknown model options {unknown}; known: {list(_MODEL_KWARGS)}")
+    encoder_kwargs = dict(encoder_kwargs or {})
+    model_kwargs = {**HEAD_PRESETS.get(encoder_name, {}), **model_kwargs}
+    encoder = asr_encoders.build_encoder(encoder_name, causal=causal, **encoder_kwargs)
+    model = AsrModel(encoder, vocab_size, heads=heads, **model_kwargs)
+    model.build_config = {
+        "encoder_name": encoder_name,
+        "vocab_size": int(vocab_size),
+        "heads": list(model.heads),
+        "causal": bool(causal),
+        "model_kwargs": model_kwargs,
+        "encoder_kwargs": encoder_kwargs,
+    }
+    return model
+
+
+def save_model(path: str | os.PathLike, model: AsrModel, extra: dict[str, Any] | None = None) -> None:
+    """Write ``model`` (built by :func:`build_model`) and ``extra`` (plain data: numbers, strings, lists,
+    dicts, tensors) to ``path`` atomically: a temporary file in the same directory, then ``os.replace``."""
+    if getattr(model, "build_config", None) is None:
+        raise ValueError("save_model needs a model made by build_model (it stores the build config)")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    checkpoint = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "config": model.build_config,
+        "state_dict": model.state_dict(),
+        "extra": extra or {},
+    }
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(checkpoint, f)
+        os.replace(tmp_name, path)
+    except BaseException:
+        if os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+        raise
+
+
+def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The raw checkpoint dict written by :func:`save_model`, checked for format and version."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no model checkpoint at {path}")
+    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not an asr model checkpoint (no format={CHECKPOINT_FORMAT!r})")
+    if checkpoint.get("version") != CHECKPOINT_VERSION:
+        raise ValueError(f"{path}: checkpoint version {checkpoint.get('version')} is not supported")
+    return checkpoint
+
+
+def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> AsrModel:
+    """Rebuild the model saved by :func:`save_model` and load its weights; returned in eval mode.
+    The checkpoint's ``extra`` dict is available from :func:`read_checkpoint`."""
+    checkpoint = read_checkpoint(path, map_location)
+    config = checkpoint["config"]
+    model = build_model(
+        config["encoder_name"],
+        config["vocab_size"],
+        heads=config["heads"],
+        causal=config["causal"],
+        encoder_kwargs=config["encoder_kwargs"],
+        **config["model_kwargs"],
+    )
+    model.load_state_dict(checkpoint["state_dict"])
+    return model.to(map_location).eval()
