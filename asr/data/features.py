@@ -1,0 +1,126 @@
+"""80-dim log-mel filterbank features (lhotse's extractor, 25 ms window, 10 ms hop, 16 kHz).
+
+``compute_fbank`` handles one waveform (decoding a file); ``asr data fbank`` computes and stores
+features for a whole CutSet with lilcom compression, the way icefall's compute_fbank scripts do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from lhotse import CutSet, Fbank, FbankConfig, LilcomChunkyWriter
+
+from asr.data.audio import resample
+
+__all__ = ["FEATURE_DIM", "SAMPLE_RATE", "FRAME_SHIFT", "make_fbank_extractor", "compute_fbank",
+           "compute_and_store_fbank", "main"]
+
+FEATURE_DIM = 80
+SAMPLE_RATE = 16000
+FRAME_SHIFT = 0.01  # seconds
+
+log = logging.getLogger(__name__)
+
+
+def make_fbank_extractor() -> Fbank:
+    """lhotse's Kaldi-compatible fbank: 80 mel bins, 16 kHz input, 10 ms hop, no dither."""
+    return Fbank(FbankConfig(num_mel_bins=FEATURE_DIM, sampling_rate=SAMPLE_RATE, frame_shift=FRAME_SHIFT))
+
+
+def compute_fbank(samples: np.ndarray, sample_rate: int, extractor: Fbank | None = None) -> torch.Tensor:
+    """Log-mel fbank of one mono waveform.
+
+    Args:
+        samples: ``(num_samples,)`` float waveform in [-1, 1]; resampled to 16 kHz if needed.
+        sample_rate: rate of ``samples`` in Hz.
+        extractor: reuse an extractor across calls; a new one is made when omitted.
+
+    Returns:
+        features: ``(T, 80)`` float32 with ``T = round(duration / 10 ms)``.
+    """
+    samples = np.asarray(samples)
+    if samples.ndim != 1:
+        raise ValueError(f"compute_fbank expects a mono waveform (num_samples,), got shape {samples.shape}")
+    samples = resample(samples, sample_rate, SAMPLE_RATE)
+    extractor = extractor if extractor is not None else make_fbank_extractor()
+    return torch.from_numpy(extractor.extract(samples, SAMPLE_RATE)).float()
+
+
+def compute_and_store_fbank(
+    cuts: CutSet,
+    storage_path: str | Path,
+    num_workers: int = 1,
+    speed_perturb: bool = False,
+) -> CutSet:
+    """Resample ``cuts`` to 16 kHz, optionally add 0.9x/1.1x speed-perturbed copies, and store fbank.
+
+    Features go to lilcom-compressed chunk files under ``storage_path``. Cuts whose audio cannot be
+    read are left out of the result with a warning naming them (lhotse's loader reports the file).
+
+    Returns:
+        The cuts with ``features`` attached (perturbed copies carry lhotse's ``_sp0.9``/``_sp1.1`` id suffix).
+    """
+    Path(storage_path).parent.mkdir(parents=True, exist_ok=True)
+    cuts = cuts.to_eager()
+    cuts = CutSet.from_cuts(c if c.sampling_rate == SAMPLE_RATE else c.resample(SAMPLE_RATE) for c in cuts)
+    if speed_perturb:
+        cuts = cuts + cuts.perturb_speed(0.9) + cuts.perturb_speed(1.1)
+    with_feats = cuts.compute_and_store_features(
+        extractor=make_fbank_extractor(),
+        storage_path=str(storage_path),
+        num_jobs=max(1, num_workers),
+        storage_type=LilcomChunkyWriter,
+        progress_bar=True,
+    )
+    with_feats = with_feats.to_eager()
+    if len(with_feats) < len(cuts):
+        kept = set(with_feats.ids)
+        skipped = [cut_id for cut_id in cuts.ids if cut_id not in kept]
+        shown = ", ".join(skipped[:10]) + (" ..." if len(skipped) > 10 else "")
+        log.warning("skipped %d of %d cuts whose audio could not be read: %s", len(skipped), len(cuts), shown)
+    return with_feats
+
+
+def _default_storage_dir(out: Path) -> Path:
+    name = out.name.removesuffix(".gz").removesuffix(".jsonl")
+    return out.parent / f"{name}_feats"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="asr data fbank",
+        description="Compute 80-dim log-mel fbank for a CutSet and store it (lilcom chunks).",
+    )
+    parser.add_argument("--cuts", type=Path, required=True, help="input CutSet, e.g. data/manifests/x_cuts_train.jsonl.gz")
+    parser.add_argument("--out", type=Path, required=True, help="output CutSet with features attached (.jsonl.gz)")
+    parser.add_argument("--storage-dir", type=Path, default=None,
+                        help="where the feature files go (default: next to --out, named after it)")
+    parser.add_argument("--num-workers", type=int, default=1, help="parallel processes (default 1)")
+    parser.add_argument("--speed-perturb", action="store_true", help="add 0.9x and 1.1x speed-perturbed copies")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    if not args.cuts.is_file():
+        parser.error(f"--cuts {args.cuts}: no such file")
+    # Feature extraction is one small matrix product per frame; many threads per process only contend.
+    torch.set_num_threads(1)
+    cuts = CutSet.from_file(args.cuts)
+    if len(cuts) == 0:
+        parser.error(f"--cuts {args.cuts}: the CutSet is empty")
+    storage_dir = args.storage_dir if args.storage_dir is not None else _default_storage_dir(args.out)
+    storage_dir.mkdir(parents=True, exist_ok=True)
+    with_feats = compute_and_store_fbank(
+        cuts, storage_dir / "feats", num_workers=args.num_workers, speed_perturb=args.speed_perturb
+    )
+    if len(with_feats) == 0:
+        log.error("no cut of %s could be read; nothing written", args.cuts)
+        return 1
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with_feats.to_file(args.out)
+    hours = sum(c.duration for c in with_feats) / 3600
+    log.info("wrote %s: %d cuts, %.2f h of features in %s", args.out, len(with_feats), hours, storage_dir)
+    return 0
