@@ -4,12 +4,23 @@ from __future__ import annotations
 
 from torch import nn
 
+from asr.encoders.conformer import PRESETS as CONFORMER_PRESETS
+from asr.encoders.conformer import ConformerEncoder, build_conformer
+from asr.encoders.efficient_conformer import PRESETS as EFFICIENT_CONFORMER_PRESETS
+from asr.encoders.efficient_conformer import EfficientConformerEncoder, build_efficient_conformer
+from asr.encoders.transformer import PRESETS as TRANSFORMER_PRESETS
+from asr.encoders.transformer import TransformerEncoder, build_transformer
 from asr.encoders.zipformer import PRESETS as ZIPFORMER_PRESETS
 from asr.encoders.zipformer import ZipformerEncoder, build_zipformer
 
 # name -> builder(causal, **overrides); other encoder families register here.
-_BUILDERS = {name: (lambda causal=False, _name=name, **kw: build_zipformer(_name, causal=causal, **kw))
-             for name in ZIPFORMER_PRESETS}
+_BUILDERS = {}
+for _presets, _build in ((ZIPFORMER_PRESETS, build_zipformer), (CONFORMER_PRESETS, build_conformer),
+                         (EFFICIENT_CONFORMER_PRESETS, build_efficient_conformer),
+                         (TRANSFORMER_PRESETS, build_transformer)):
+    for _name in _presets:
+        _BUILDERS[_name] = (lambda causal=False, _name=_name, _build=_build, **kw:
+                            _build(_name, causal=causal, **kw))
 
 
 def encoder_names() -> list[str]:
@@ -26,4 +37,5 @@ def build_encoder(name: str, causal: bool = False, **overrides) -> nn.Module:
     return _BUILDERS[name](causal=causal, **overrides)
 
 
-__all__ = ["ZipformerEncoder", "build_encoder", "encoder_names"]
+__all__ = ["ConformerEncoder", "EfficientConformerEncoder", "TransformerEncoder", "ZipformerEncoder",
+           "build_encoder", "encoder_names"]
