@@ -18,6 +18,8 @@ COMMANDS: dict[str, tuple[str, str] | dict[str, tuple[str, str]]] = {
         "fbank": ("asr.data.features", "compute and store 80-dim fbank features for a CutSet"),
         "tokenizer": ("asr.data.tokenizer", "train a BPE model or build a character table"),
     },
+    "train": ("asr.training.cli", "train a model (ScaledAdam + Eden; DDP under torchrun)"),
+    "decode": ("asr.decode", "recognise audio files or a CutSet with a trained model"),
     "wer": ("asr.wer", "word error rate of hypotheses against references"),
 }
 

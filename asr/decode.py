@@ -1,0 +1,275 @@
+"""``asr decode``: recognise audio files or a CutSet with a trained model.
+
+Audio files of any sample rate (wav, flac, ogg, mp3 where libsndfile reads it) are resampled to
+16 kHz; a file that cannot be read is reported by name and the others are still decoded. With
+``--cuts`` the references are scored: ``R/hyps.txt``, ``R/errs.txt`` and a final WER line.
+``--chunk-size`` runs a causal model chunk by chunk through its streaming forward.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import torch
+
+from asr.data.audio import AudioError, load_audio
+from asr.data.features import compute_fbank, make_fbank_extractor
+from asr.data.tokenizer import Tokenizer, load_tokenizer
+from asr.decoding import (
+    Hypothesis,
+    ctc_greedy_search,
+    ctc_prefix_beam_search,
+    greedy_search,
+    modified_beam_search,
+)
+from asr.models import AsrModel, build_model, read_checkpoint
+
+log = logging.getLogger("asr.decode")
+
+METHODS = ("greedy", "modified_beam_search", "ctc_greedy", "ctc_prefix_beam_search")
+SAMPLE_RATE = 16000
+FRAME_SHIFT = 0.01  # seconds per fbank frame
+
+
+def load_checkpoint_for_decoding(
+    path: str | Path, lang_dir: str | Path | None = None, use_averaged: bool = True
+) -> tuple[AsrModel, Tokenizer]:
+    """A model in eval mode and its tokenizer from a training checkpoint (``asr train``) or a model
+    checkpoint (:func:`asr.models.save_model`). The tokenizer comes from ``lang_dir`` when given, else
+    from the files stored in the checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    raw = torch.load(path, map_location="cpu", weights_only=False)
+    if isinstance(raw, dict) and raw.get("format") == "asr-train":
+        config = raw["build_config"]
+        state_dict = raw["model_avg"] if use_averaged and raw.get("model_avg") is not None else raw["model"]
+        tokenizer_files = raw.get("tokenizer", {})
+    else:
+        checkpoint = read_checkpoint(path)
+        config, state_dict = checkpoint["config"], checkpoint["state_dict"]
+        tokenizer_files = checkpoint.get("extra", {}).get("tokenizer", {})
+    model = build_model(
+        config["encoder_name"],
+        config["vocab_size"],
+        heads=config["heads"],
+        causal=config["causal"],
+        encoder_kwargs=config["encoder_kwargs"],
+        **config["model_kwargs"],
+    )
+    model.load_state_dict({k: v.to(torch.float32) if v.is_floating_point() else v for k, v in state_dict.items()})
+    model.eval()
+    if lang_dir is not None:
+        tokenizer = load_tokenizer(lang_dir)
+    elif tokenizer_files:
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, data in tokenizer_files.items():
+                (Path(tmp) / name).write_bytes(data)
+            tokenizer = load_tokenizer(tmp)
+    else:
+        raise ValueError(f"{path} holds no tokenizer; pass --lang-dir")
+    if tokenizer.vocab_size != config["vocab_size"]:
+        raise ValueError(
+            f"tokenizer has {tokenizer.vocab_size} symbols but the model was built for {config['vocab_size']}"
+        )
+    return model, tokenizer
+
+
+@dataclass
+class Utterance:
+    id: str
+    features: torch.Tensor  # (T, 80)
+    reference: str | None = None
+
+
+def utterances_from_files(paths: Iterable[str], errors: list[str]) -> Iterator[Utterance]:
+    """Fbank of each audio file; unreadable files are appended to ``errors`` (message names the file)."""
+    extractor = make_fbank_extractor()
+    for path in paths:
+        try:
+            samples = load_audio(path, SAMPLE_RATE)
+        except AudioError as e:
+            errors.append(str(e))
+            log.error("%s", e)
+            continue
+        yield Utterance(id=Path(path).stem, features=compute_fbank(samples, SAMPLE_RATE, extractor))
+
+
+def utterances_from_cuts(cuts_path: str, errors: list[str]) -> Iterator[Utterance]:
+    """Fbank (stored, or computed from the recording) and reference text of each cut."""
+    from lhotse import load_manifest_lazy
+
+    extractor = make_fbank_extractor()
+    for cut in load_manifest_lazy(cuts_path):
+        try:
+            if cut.has_features:
+                features = torch.from_numpy(cut.load_features())
+            else:
+                cut = cut.resample(SAMPLE_RATE) if cut.sampling_rate != SAMPLE_RATE else cut
+                features = compute_fbank(cut.load_audio()[0], SAMPLE_RATE, extractor)
+        except Exception as e:  # lhotse raises many types for unreadable audio
+            message = f"cut {cut.id}: cannot load audio: {e}"
+            errors.append(message)
+            log.error("%s", message)
+            continue
+        text = " ".join(s.text for s in cut.supervisions if s.text)
+        yield Utterance(id=cut.id, features=features, reference=text)
+
+
+def batches(utterances: Iterable[Utterance], max_frames: int) -> Iterator[list[Utterance]]:
+    """Group utterances so that a padded batch holds at most ``max_frames`` frames."""
+    batch: list[Utterance] = []
+    longest = 0
+    for utt in utterances:
+        longest_if_added = max(longest, utt.features.size(0))
+        if batch and longest_if_added * (len(batch) + 1) > max_frames:
+            yield batch
+            batch, longest_if_added = [], utt.features.size(0)
+        batch.append(utt)
+        longest = longest_if_added
+    if batch:
+        yield batch
+
+
+def encode(
+    model: AsrModel, features: torch.Tensor, feature_lens: torch.Tensor, chunk_size: int | None,
+    left_context_frames: int | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encoder output of a padded batch; with ``chunk_size``, chunk by chunk through the streaming forward."""
+    if chunk_size is None:
+        return model.encode(features, feature_lens)
+    encoder = model.encoder
+    if not hasattr(encoder, "streaming_forward"):
+        raise ValueError(f"--chunk-size needs a causal (streaming) model; {type(encoder).__name__} has no streaming forward")
+    encoder.chunk_size = chunk_size
+    if left_context_frames is not None:
+        encoder.left_context_frames = left_context_frames
+    return encoder.simulate_streaming(features, feature_lens)
+
+
+def search(
+    model: AsrModel, method: str, enc_out: torch.Tensor, enc_lens: torch.Tensor, beam: int
+) -> list[Hypothesis]:
+    if method in ("greedy", "modified_beam_search") and not model.has_transducer:
+        raise ValueError(f"--method {method} needs a transducer head; this model has {model.heads}")
+    if method.startswith("ctc") and not model.has_ctc:
+        raise ValueError(f"--method {method} needs a CTC head; this model has {model.heads}")
+    if method == "greedy":
+        return greedy_search(model, enc_out, enc_lens)
+    if method == "modified_beam_search":
+        return modified_beam_search(model, enc_out, enc_lens, beam=beam)
+    log_probs = model.ctc_log_probs(enc_out)
+    if method == "ctc_greedy":
+        return ctc_greedy_search(log_probs, enc_lens)
+    return ctc_prefix_beam_search(log_probs, enc_lens, beam=beam)
+
+
+@dataclass
+class DecodeResult:
+    hypotheses: dict[str, str]
+    references: dict[str, str]
+    errors: list[str]
+    audio_seconds: float
+    compute_seconds: float
+
+    @property
+    def real_time_factor(self) -> float:
+        return self.compute_seconds / max(self.audio_seconds, 1e-9)
+
+
+@torch.no_grad()
+def decode(
+    model: AsrModel,
+    tokenizer: Tokenizer,
+    utterances: Iterable[Utterance],
+    method: str = "greedy",
+    beam: int = 4,
+    chunk_size: int | None = None,
+    left_context_frames: int | None = None,
+    max_frames: int = 30000,
+    errors: list[str] | None = None,
+    on_result=None,
+) -> DecodeResult:
+    """Decode utterances in batches; ``on_result(id, text)`` is called as each hypothesis is ready."""
+    hyps: dict[str, str] = {}
+    refs: dict[str, str] = {}
+    audio_seconds = compute_seconds = 0.0
+    for batch in batches(utterances, max_frames):
+        started = time.perf_counter()
+        feature_lens = torch.tensor([u.features.size(0) for u in batch], dtype=torch.int64)
+        features = torch.nn.utils.rnn.pad_sequence([u.features for u in batch], batch_first=True)
+        enc_out, enc_lens = encode(model, features, feature_lens, chunk_size, left_context_frames)
+        results = search(model, method, enc_out, enc_lens, beam)
+        compute_seconds += time.perf_counter() - started
+        audio_seconds += float(feature_lens.sum()) * FRAME_SHIFT
+        for utt, hyp in zip(batch, results):
+            text = tokenizer.decode(hyp.tokens)
+            hyps[utt.id] = text
+            if utt.reference is not None:
+                refs[utt.id] = utt.reference
+            if on_result is not None:
+                on_result(utt.id, text)
+    return DecodeResult(hyps, refs, errors if errors is not None else [], audio_seconds, compute_seconds)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="asr decode", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", required=True, help="training or model checkpoint")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--cuts", help="a CutSet (jsonl.gz) with reference texts")
+    source.add_argument("audio", nargs="*", default=[], help="audio files")
+    parser.add_argument("--method", choices=METHODS, default="greedy")
+    parser.add_argument("--beam", type=int, default=4)
+    parser.add_argument("--chunk-size", type=int, default=None, help="streaming chunk, in 50 Hz frames")
+    parser.add_argument("--left-context-frames", type=int, default=None)
+    parser.add_argument("--lang-dir", default=None, help="tokenizer dir (default: the one in the checkpoint)")
+    parser.add_argument("--results-dir", default=None, help="with --cuts: where hyps.txt and errs.txt go")
+    parser.add_argument("--no-average", action="store_true", help="use the raw, not the averaged, model")
+    parser.add_argument("--max-frames", type=int, default=30000, help="frames per padded batch")
+    parser.add_argument("--num-threads", type=int, default=None)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+    if not args.cuts and not args.audio:
+        raise SystemExit("asr decode: give audio files or --cuts")
+    model, tokenizer = load_checkpoint_for_decoding(args.checkpoint, args.lang_dir, not args.no_average)
+    errors: list[str] = []
+    utterances = utterances_from_cuts(args.cuts, errors) if args.cuts else utterances_from_files(args.audio, errors)
+    result = decode(
+        model, tokenizer, utterances, args.method, args.beam, args.chunk_size, args.left_context_frames,
+        args.max_frames, errors, on_result=lambda uid, text: print(f"{uid}\t{text}", flush=True),
+    )
+    print(
+        f"decoded {len(result.hypotheses)} utterances, {result.audio_seconds:.1f} s of audio, "
+        f"real-time factor {result.real_time_factor:.3f}",
+        file=sys.stderr,
+    )
+    if args.cuts:
+        from asr.wer import compute_wer, write_error_stats
+
+        results_dir = Path(args.results_dir or Path(args.checkpoint).parent / f"decode-{args.method}")
+        results_dir.mkdir(parents=True, exist_ok=True)
+        with open(results_dir / "hyps.txt", "w") as f:
+            for uid, text in result.hypotheses.items():
+                f.write(f"{uid}\t{text}\n")
+        wer = compute_wer(result.references, result.hypotheses)
+        write_error_stats(results_dir / "errs.txt", wer)
+        print(wer.summary_line())
+    if errors:
+        print(f"{len(errors)} input(s) could not be decoded:", file=sys.stderr)
+        for message in errors:
+            print(f"  {message}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,85 @@
+"""Checkpoints: atomic writes, exact resume, averaging.
+
+A checkpoint is one ``torch.save`` dict. Writing goes to a temporary file in the same directory,
+is flushed to disk, then renamed over the target, so a run killed mid-write leaves either the old
+checkpoint or the new one, never a torn file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def save_atomic(obj: Any, path: str | Path) -> Path:
+    """``torch.save(obj, path)`` that is all-or-nothing."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load a checkpoint dict; a clear error names a missing or unreadable file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as e:  # torch raises several types for a torn or foreign file
+        raise ValueError(f"cannot read checkpoint {path}: {e}") from e
+
+
+_BATCH_CKPT = re.compile(r"^checkpoint-(\d+)\.pt$")
+_EPOCH_CKPT = re.compile(r"^epoch-(\d+)\.pt$")
+
+
+def batch_checkpoints(exp_dir: str | Path) -> list[Path]:
+    """``checkpoint-<batch>.pt`` files in ``exp_dir``, oldest batch first."""
+    found = [(int(m.group(1)), p) for p in Path(exp_dir).glob("checkpoint-*.pt") if (m := _BATCH_CKPT.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def epoch_checkpoints(exp_dir: str | Path) -> list[Path]:
+    """``epoch-<n>.pt`` files in ``exp_dir``, first epoch first."""
+    found = [(int(m.group(1)), p) for p in Path(exp_dir).glob("epoch-*.pt") if (m := _EPOCH_CKPT.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def remove_old_batch_checkpoints(exp_dir: str | Path, keep_last: int) -> None:
+    for path in batch_checkpoints(exp_dir)[:-keep_last] if keep_last > 0 else []:
+        path.unlink(missing_ok=True)
+
+
+def average_state_dicts(state_dicts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Element-wise mean of floating-point tensors; other tensors (counters, int buffers) from the last."""
+    if not state_dicts:
+        raise ValueError("no state dicts to average")
+    keys = state_dicts[-1].keys()
+    for i, sd in enumerate(state_dicts):
+        if sd.keys() != keys:
+            raise ValueError(f"state dict {i} has different keys from the last one")
+    out = {}
+    for key, last in state_dicts[-1].items():
+        if last.is_floating_point():
+            total = torch.zeros_like(last, dtype=torch.float64)
+            for sd in state_dicts:
+                total += sd[key].to(torch.float64)
+            out[key] = (total / len(state_dicts)).to(last.dtype)
+        else:
+            out[key] = last.clone()
+    return out

@@ -1,0 +1,462 @@
+"""The training loop: one file, readable in one sitting.
+
+``train(config)`` builds the tokenizer, model, ScaledAdam + Eden and the data loaders, resumes from the
+newest checkpoint in ``exp_dir`` if there is one, and trains. Under ``torchrun`` it runs data-parallel
+(gloo on CPU, nccl on GPU); everything rank-specific lives in :mod:`asr.training.distributed`.
+
+What a checkpoint holds (``exp_dir/checkpoint-<batch>.pt`` every ``save_every_n`` batches and
+``exp_dir/epoch-<n>.pt`` after each epoch): the model, its running average, the optimizer, the
+scheduler, the grad scaler, the position in the epoch's batch order, RNG states and the config, so a
+killed run resumes from the same step; and the tokenizer files, so ``asr decode`` needs only it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from asr.data.tokenizer import load_tokenizer
+from asr.models import AsrModel, build_model
+from asr.optim import Eden, ScaledAdam
+from asr.training import checkpoint as ckpt
+from asr.training import distributed as dist_utils
+
+log = logging.getLogger("asr.train")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on. Defaults follow icefall's Zipformer recipe where they apply."""
+
+    exp_dir: str
+    train_cuts: str
+    lang_dir: str
+    valid_cuts: str | None = None
+    encoder: str = "zipformer-xs"
+    heads: tuple[str, ...] = ("transducer", "ctc")
+    causal: bool = False
+    num_epochs: int = 30
+    max_duration: float = 200.0  # seconds of audio per batch (per process)
+    base_lr: float = 0.045
+    lr_batches: float = 7500.0
+    lr_epochs: float = 3.5
+    warmup_batches: float = 500.0
+    # icefall counts batches as if each held ref_duration seconds in total, so schedules do not
+    # depend on the batch size or the number of processes.
+    ref_duration: float = 600.0
+    prune_range: int = 5
+    lm_scale: float = 0.25
+    am_scale: float = 0.0
+    simple_loss_scale: float = 0.5
+    ctc_loss_scale: float = 0.2
+    warm_step: int = 2000
+    seed: int = 42
+    save_every_n: int = 2000
+    keep_last_k: int = 5
+    average_period: int = 200
+    log_interval: int = 20
+    amp: str = "auto"  # "auto" (bf16 on GPUs that have it, else fp16; off on CPU), "bf16", "fp16", "off"
+    num_workers: int = 2
+    spec_augment: bool = True
+    on_the_fly_feats: bool = True
+    noise_cuts: str | None = None
+    max_minutes: float | None = None  # stop (after a checkpoint) when the wall-clock budget is spent
+    device: str = "auto"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    encoder_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown training options {unknown}")
+        values = dict(values)
+        if "heads" in values:
+            values["heads"] = tuple(values["heads"])
+        return cls(**values)
+
+
+@dataclass
+class TrainState:
+    """Where training stands; saved in every checkpoint."""
+
+    epoch: int = 1  # the epoch in progress (1-based, like icefall)
+    batch_in_epoch: int = 0  # batches of this epoch already trained on
+    batch_idx_train: int = 0  # batches trained on in total
+    best_valid_loss: float = math.inf
+    skipped_batches: int = 0  # non-finite loss or gradients
+
+
+def set_batch_count(model: nn.Module, batch_count: float) -> None:
+    """Tell every scheduled module (Balancer, Whiten, ScheduledFloat users) the adjusted batch count."""
+    for module in model.modules():
+        if hasattr(module, "batch_count"):
+            module.batch_count = batch_count
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def resolve_device(name: str, local_rank: int) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    return torch.device(name)
+
+
+def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for float32 training."""
+    if device.type != "cuda" or amp == "off":
+        if amp in ("bf16", "fp16") and device.type != "cuda":
+            log.warning("AMP (%s) is for GPUs; training in float32 on %s", amp, device)
+        return None
+    if amp == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+class Trainer:
+    """Holds the objects of a run; :meth:`fit` is the loop."""
+
+    def __init__(self, config: TrainConfig):
+        self.config = config
+        self.exp_dir = Path(config.exp_dir)
+        self.world = dist_utils.init()
+        self.device = resolve_device(config.device, self.world.local_rank)
+        seed_everything(config.seed + self.world.rank)
+
+        self.tokenizer = load_tokenizer(config.lang_dir)
+        self.model: AsrModel = build_model(
+            config.encoder,
+            self.tokenizer.vocab_size,
+            heads=config.heads,
+            causal=config.causal,
+            encoder_kwargs=config.encoder_kwargs,
+            **config.model_kwargs,
+        ).to(self.device)
+        # The running average is kept in float64 on rank 0 only (icefall's model_avg).
+        self.model_avg: AsrModel | None = None
+        if self.world.is_main:
+            self.model_avg = build_model(
+                config.encoder, self.tokenizer.vocab_size, heads=config.heads, causal=config.causal,
+                encoder_kwargs=config.encoder_kwargs, **config.model_kwargs,
+            ).to(torch.float64)
+            self.model_avg.load_state_dict(self.model.state_dict())
+        self.ddp_model = dist_utils.wrap(self.model, self.world, self.device)
+
+        self.optimizer = ScaledAdam(self.model.named_parameters(), lr=config.base_lr, clipping_scale=2.0)
+        self.scheduler = Eden(
+            self.optimizer, config.lr_batches, config.lr_epochs, warmup_batches=config.warmup_batches
+        )
+        self.amp_dtype = resolve_amp(config.amp, self.device)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.state = TrainState()
+        self.data = make_data(config, self.tokenizer, self.world, self.model)
+        self.writer = None
+        if self.world.is_main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.exp_dir / "tensorboard"))
+
+    # ---- checkpoints -------------------------------------------------------------------------------
+
+    def checkpoint_dict(self) -> dict[str, Any]:
+        return {
+            "format": "asr-train",
+            "config": asdict(self.config),
+            "build_config": self.model.build_config,
+            "model": self.model.state_dict(),
+            "model_avg": self.model_avg.state_dict() if self.model_avg is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "grad_scaler": self.scaler.state_dict(),
+            "state": asdict(self.state),
+            "rng": rng_state(),
+            "tokenizer": self.tokenizer_files(),
+        }
+
+    def tokenizer_files(self) -> dict[str, bytes]:
+        lang_dir = Path(self.config.lang_dir)
+        return {p.name: p.read_bytes() for p in sorted(lang_dir.iterdir()) if p.name in ("bpe.model", "tokens.txt")}
+
+    def save(self, name: str) -> None:
+        if self.world.is_main:
+            path = ckpt.save_atomic(self.checkpoint_dict(), self.exp_dir / name)
+            log.info("saved %s", path)
+            ckpt.remove_old_batch_checkpoints(self.exp_dir, self.config.keep_last_k)
+        dist_utils.barrier(self.world)
+
+    def resume(self) -> bool:
+        """Load the newest checkpoint in exp_dir, if any. Returns whether it did."""
+        candidates = ckpt.batch_checkpoints(self.exp_dir) + ckpt.epoch_checkpoints(self.exp_dir)
+        if not candidates:
+            return False
+        loaded = [(ckpt.load(p), p) for p in candidates]
+        saved, path = max(loaded, key=lambda item: item[0]["state"]["batch_idx_train"])
+        self.model.load_state_dict(saved["model"])
+        if self.model_avg is not None and saved["model_avg"] is not None:
+            self.model_avg.load_state_dict(saved["model_avg"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.scaler.load_state_dict(saved["grad_scaler"])
+        self.state = TrainState(**saved["state"])
+        set_rng_state(saved["rng"])
+        log.info(
+            "resumed from %s: epoch %d, batch %d of the epoch, %d batches in total",
+            path, self.state.epoch, self.state.batch_in_epoch, self.state.batch_idx_train,
+        )
+        return True
+
+    # ---- one step ----------------------------------------------------------------------------------
+
+    def adjusted_batch_count(self) -> float:
+        return self.state.batch_idx_train * (self.config.max_duration * self.world.size) / self.config.ref_duration
+
+    def compute_loss(self, batch: dict[str, Any], training: bool) -> tuple[torch.Tensor, dict[str, float]]:
+        features = batch["features"].to(self.device)
+        feature_lens = batch["feature_lens"].to(self.device)
+        autocast = (
+            torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+            if self.amp_dtype is not None
+            else nullcontext()
+        )
+        model = self.ddp_model if training else self.model
+        with autocast:
+            losses = model(
+                features,
+                feature_lens,
+                batch["tokens"],
+                prune_range=self.config.prune_range,
+                am_scale=self.config.am_scale,
+                lm_scale=self.config.lm_scale,
+                batch_idx_train=self.state.batch_idx_train,
+                warm_step=self.config.warm_step,
+                simple_loss_scale=self.config.simple_loss_scale,
+                ctc_loss_scale=self.config.ctc_loss_scale,
+            )
+        # Per-frame values for logging, like icefall (frames after subsampling).
+        frames = float(sum(self.model.encoder_output_lengths(feature_lens).tolist()))
+        stats = {"frames": frames, "utterances": float(features.size(0)), "loss": losses.total.item()}
+        for name in ("simple", "pruned", "ctc"):
+            value = getattr(losses, name)
+            if value is not None:
+                stats[f"{name}_loss"] = value.item()
+        return losses.total, stats
+
+    def train_step(self, batch: dict[str, Any]) -> dict[str, float] | None:
+        """Forward, backward and update; returns stats, or None if the batch was skipped as non-finite."""
+        self.model.train()
+        set_batch_count(self.model, self.adjusted_batch_count())
+        loss, stats = self.compute_loss(batch, training=True)
+        if not math.isfinite(stats["loss"]):
+            self.skip(batch, f"non-finite loss {stats['loss']}")
+            return None
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        grads_finite = all(
+            torch.isfinite(p.grad).all() for p in self.model.parameters() if p.grad is not None
+        )
+        if not grads_finite:
+            # The scaler lowers its scale on this step; with fp16 that is routine, otherwise a real problem.
+            self.skip(batch, "non-finite gradients")
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            return None
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return stats
+
+    def skip(self, batch: dict[str, Any], why: str) -> None:
+        self.state.skipped_batches += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        cut_ids = batch.get("cut_ids", [])
+        log.warning(
+            "skipping batch %d (%s); cuts: %s%s",
+            self.state.batch_idx_train, why, ", ".join(cut_ids[:8]), " ..." if len(cut_ids) > 8 else "",
+        )
+
+    def update_average(self) -> None:
+        """model_avg ← model_avg·(1-w) + model·w with w = average_period / batch_idx_train (icefall)."""
+        if self.model_avg is None:
+            return
+        weight = self.config.average_period / self.state.batch_idx_train
+        current = self.model.state_dict()
+        with torch.no_grad():
+            for key, avg in self.model_avg.state_dict().items():
+                if avg.is_floating_point():
+                    avg.mul_(1 - weight).add_(current[key].to(torch.float64), alpha=weight)
+                else:
+                    avg.copy_(current[key])
+
+    @torch.no_grad()
+    def validate(self) -> float | None:
+        loader = self.data.valid
+        if loader is None:
+            return None
+        self.model.eval()
+        total = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss sum, frames
+        for batch in loader:
+            loss, stats = self.compute_loss(batch, training=False)
+            total += torch.tensor([loss.item(), stats["frames"]], dtype=torch.float64, device=self.device)
+        dist_utils.all_reduce_sum(total, self.world)
+        return (total[0] / total[1].clamp(min=1)).item()
+
+    # ---- the loop ----------------------------------------------------------------------------------
+
+    def fit(self) -> TrainState:
+        config = self.config
+        self.exp_dir.mkdir(parents=True, exist_ok=True)
+        self.resume()
+        started = time.monotonic()
+        out_of_time = False
+        while self.state.epoch <= config.num_epochs and not out_of_time:
+            epoch = self.state.epoch
+            self.scheduler.step_epoch(epoch - 1)
+            batches = self.data.train_batches(epoch, skip=self.state.batch_in_epoch)
+            out_of_time = self.train_epoch(batches, started)
+            if out_of_time:
+                break
+            valid_loss = self.validate()
+            if valid_loss is not None and self.world.is_main:
+                log.info("epoch %d: validation loss %.4f per frame", epoch, valid_loss)
+                self.writer.add_scalar("valid/loss", valid_loss, self.state.batch_idx_train)
+                self.state.best_valid_loss = min(self.state.best_valid_loss, valid_loss)
+            self.state.epoch += 1
+            self.state.batch_in_epoch = 0
+            self.save(f"epoch-{epoch}.pt")
+        if self.writer is not None:
+            self.writer.close()
+        dist_utils.cleanup(self.world)
+        return self.state
+
+    def train_epoch(self, batches: Iterator[dict[str, Any]], started: float) -> bool:
+        """Train until the epoch ends (False) or the time budget is spent (True, after a checkpoint)."""
+        from tqdm import tqdm
+
+        config = self.config
+        window = {"loss": 0.0, "frames": 0.0, "utterances": 0.0, "time": time.monotonic()}
+        progress = tqdm(
+            batches, desc=f"epoch {self.state.epoch}", disable=not self.world.is_main, dynamic_ncols=True,
+            initial=self.state.batch_in_epoch,
+        )
+        for batch in progress:
+            stats = self.train_step(batch)
+            self.state.batch_in_epoch += 1
+            self.state.batch_idx_train += 1
+            self.scheduler.step_batch(self.state.batch_idx_train)
+            if self.state.batch_idx_train % config.average_period == 0:
+                self.update_average()
+            if stats is not None:
+                window["loss"] += stats["loss"]
+                window["frames"] += stats["frames"]
+                window["utterances"] += stats["utterances"]
+            if self.state.batch_idx_train % config.log_interval == 0 and window["frames"] > 0:
+                elapsed = time.monotonic() - window["time"]
+                loss = window["loss"] / window["frames"]
+                lr = self.scheduler.get_last_lr()[0]
+                progress.set_postfix(
+                    loss=f"{loss:.3f}", lr=f"{lr:.2e}", batch=self.state.batch_idx_train,
+                    utt_s=f"{window['utterances'] * self.world.size / max(elapsed, 1e-9):.1f}",
+                )
+                if self.writer is not None:
+                    self.writer.add_scalar("train/loss", loss, self.state.batch_idx_train)
+                    self.writer.add_scalar("train/lr", lr, self.state.batch_idx_train)
+                    self.writer.add_scalar("train/skipped_batches", self.state.skipped_batches, self.state.batch_idx_train)
+                window = {"loss": 0.0, "frames": 0.0, "utterances": 0.0, "time": time.monotonic()}
+            if self.state.batch_idx_train % config.save_every_n == 0:
+                self.save(f"checkpoint-{self.state.batch_idx_train}.pt")
+            if config.max_minutes is not None and dist_utils.any_true(
+                time.monotonic() - started > 60 * config.max_minutes, self.world
+            ):
+                log.info("time budget of %.1f minutes spent; saving and stopping", config.max_minutes)
+                self.save(f"checkpoint-{self.state.batch_idx_train}.pt")
+                progress.close()
+                return True
+        progress.close()
+        return False
+
+
+def train(config: TrainConfig) -> TrainState:
+    return Trainer(config).fit()
+
+
+class TrainingData:
+    """The train and valid loaders of a run, with the batch order of each epoch fixed by the seed.
+
+    Resuming mid-epoch rebuilds the epoch's sampler and fast-forwards it past the batches already
+    trained on (the sampler only reads manifests, so this is cheap), which is exact whatever the
+    number of loader workers.
+    """
+
+    def __init__(self, config: TrainConfig, tokenizer, world: dist_utils.World, output_frames):
+        from lhotse import load_manifest
+
+        from asr.data.datamodule import AsrDataModule, DataConfig, filter_cuts
+
+        data_config = DataConfig(
+            max_duration=config.max_duration,
+            num_workers=config.num_workers,
+            spec_augment=config.spec_augment,
+            on_the_fly_features=None if config.on_the_fly_feats else False,
+            seed=config.seed,
+        )
+        noise_cuts = load_manifest(config.noise_cuts) if config.noise_cuts else None
+        self.seed = config.seed
+        self.module = AsrDataModule(data_config, tokenizer, noise_cuts, world_size=world.size, rank=world.rank)
+        self.train_cuts = filter_cuts(load_manifest(config.train_cuts), tokenizer, output_frames)
+        self.valid_cuts = (
+            filter_cuts(load_manifest(config.valid_cuts), tokenizer, output_frames) if config.valid_cuts else None
+        )
+
+    def train_batches(self, epoch: int, skip: int = 0):
+        loader = self.module.train_dataloader(self.train_cuts)
+        # The loader's own generator, not the global RNG, seeds its iterator, so that the global RNG
+        # sequence seen by training does not depend on when the iterator was created.
+        loader.generator = torch.Generator().manual_seed(self.seed * 1000 + epoch)
+        loader.sampler.set_epoch(epoch)
+        if skip:
+            batches = iter(loader.sampler)
+            for _ in range(skip):
+                next(batches, None)
+            loader.sampler.load_state_dict(loader.sampler.state_dict())
+        return loader
+
+    @property
+    def valid(self):
+        return None if self.valid_cuts is None else self.module.valid_dataloader(self.valid_cuts)
+
+
+def make_data(config: TrainConfig, tokenizer, world: dist_utils.World, model: AsrModel) -> TrainingData:
+    def output_frames(num_frames: int) -> int:
+        return int(model.encoder_output_lengths(torch.tensor([num_frames]))[0])
+
+    return TrainingData(config, tokenizer, world, output_frames)

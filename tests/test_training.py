@@ -1,0 +1,125 @@
+"""Training end to end on a tiny espeak corpus: checkpoints, exact resume after a kill, decode."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from asr.training import checkpoint as ckpt
+
+pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def asr_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "asr", *args]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> dict[str, Path]:
+    from asr.data.synth import synthesize_corpus
+    from asr.data.tokenizer import train_bpe
+
+    root = tmp_path_factory.mktemp("corpus")
+    cuts = synthesize_corpus(root, num_utts=40, seed=5, engines=["espeak"], progress=False)
+    text = root / "train.txt"
+    text.write_text("".join(c.supervisions[0].text + "\n" for c in cuts["train"]))
+    train_bpe(text, root / "lang", vocab_size=40)
+    return {
+        "train": root / "synth_cuts_train.jsonl.gz",
+        "dev": root / "synth_cuts_dev.jsonl.gz",
+        "test": root / "synth_cuts_test.jsonl.gz",
+        "lang": root / "lang",
+    }
+
+
+def train_args(corpus: dict[str, Path], exp_dir: Path, *extra: str) -> list[str]:
+    return asr_command(
+        "train", "--preset", "synth-cpu",
+        "--train-cuts", str(corpus["train"]), "--lang-dir", str(corpus["lang"]), "--exp-dir", str(exp_dir),
+        "--encoder-kwargs", '{"num_encoder_layers": [1, 1, 1, 1, 1, 1]}',
+        "--max-duration", "12", "--num-epochs", "1", "--num-workers", "0", "--save-every-n", "2",
+        "--keep-last-k", "100", "--average-period", "1", "--log-interval", "1", *extra,
+    )
+
+
+def test_killed_run_resumes_at_the_same_step_and_matches_an_uninterrupted_run(corpus, tmp_path):
+    reference_dir, killed_dir = tmp_path / "reference", tmp_path / "killed"
+    subprocess.run(train_args(corpus, reference_dir), check=True, env=ENV, capture_output=True)
+    reference = ckpt.load(reference_dir / "epoch-1.pt")
+    total_batches = reference["state"]["batch_idx_train"]
+    assert total_batches >= 5, "the test needs an epoch of several batches"
+
+    # Kill (SIGKILL, no chance to clean up) as soon as the second batch checkpoint exists.
+    process = subprocess.Popen(train_args(corpus, killed_dir), env=ENV, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not (killed_dir / "checkpoint-4.pt").exists():
+        assert process.poll() is None, "training ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (killed_dir / "epoch-1.pt").exists()
+    # Whatever the kill interrupted, no torn checkpoint is left behind under a real name.
+    for path in ckpt.batch_checkpoints(killed_dir):
+        ckpt.load(path)
+
+    newest = ckpt.batch_checkpoints(killed_dir)[-1]
+    newest_batch = int(newest.stem.split("-")[1])
+    resumed = subprocess.run(train_args(corpus, killed_dir), check=True, env=ENV, capture_output=True, text=True)
+    assert f"resumed from {newest}: epoch 1, batch {newest_batch} of the epoch" in resumed.stderr
+    final = ckpt.load(killed_dir / "epoch-1.pt")
+    assert final["state"]["batch_idx_train"] == total_batches
+    # Same batches, same RNG, same optimizer state: the resumed run ends where the uninterrupted one did.
+    for key, value in reference["model"].items():
+        assert torch.equal(value, final["model"][key]), key
+    for key, value in reference["model_avg"].items():
+        assert torch.equal(value, final["model_avg"][key]), key
+
+
+def test_decode_files_and_cuts_with_a_trained_checkpoint(corpus, tmp_path):
+    exp_dir = tmp_path / "exp"
+    subprocess.run(train_args(corpus, exp_dir), check=True, env=ENV, capture_output=True)
+    from lhotse import load_manifest
+
+    cut = next(iter(load_manifest(corpus["test"])))
+    wav = Path(cut.recording.sources[0].source)
+    # The same audio at 8 kHz as flac, and a corrupt file: the good ones decode, the bad one is named.
+    import soundfile
+
+    from asr.data.audio import load_audio
+
+    flac_8k = tmp_path / "eight_khz.flac"
+    soundfile.write(flac_8k, load_audio(wav, 8000), 8000)
+    corrupt = tmp_path / "corrupt.wav"
+    corrupt.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
+    result = subprocess.run(
+        asr_command("decode", "--checkpoint", str(exp_dir / "epoch-1.pt"), str(wav), str(flac_8k), str(corrupt)),
+        env=ENV, capture_output=True, text=True,
+    )
+    assert result.returncode == 1
+    lines = dict(line.split("\t", 1) for line in result.stdout.splitlines())
+    assert set(lines) == {wav.stem, "eight_khz"}
+    assert "corrupt.wav" in result.stderr
+    assert "real-time factor" in result.stderr
+
+    results_dir = tmp_path / "results"
+    result = subprocess.run(
+        asr_command("decode", "--checkpoint", str(exp_dir / "epoch-1.pt"), "--cuts", str(corpus["test"]),
+                    "--results-dir", str(results_dir), "--method", "ctc_greedy"),
+        env=ENV, capture_output=True, text=True, check=True,
+    )
+    assert result.stdout.splitlines()[-1].startswith("WER ")
+    hyps = (results_dir / "hyps.txt").read_text().splitlines()
+    assert len(hyps) == len(load_manifest(corpus["test"]))
+    assert (results_dir / "errs.txt").read_text().strip()
