@@ -30,6 +30,8 @@ from asr.decoding import (
     modified_beam_search,
 )
 from asr.models import AsrModel, build_model, read_checkpoint
+from asr.streaming import is_streaming_encoder, simulate_streaming
+from asr.training import checkpoint as ckpt
 
 log = logging.getLogger("asr.decode")
 
@@ -38,21 +40,57 @@ SAMPLE_RATE = 16000
 FRAME_SHIFT = 0.01  # seconds per fbank frame
 
 
-def load_checkpoint_for_decoding(
-    path: str | Path, lang_dir: str | Path | None = None, use_averaged: bool = True
-) -> tuple[AsrModel, Tokenizer]:
-    """A model in eval mode and its tokenizer from a training checkpoint (``asr train``) or a model
-    checkpoint (:func:`asr.models.save_model`). The tokenizer comes from ``lang_dir`` when given, else
-    from the files stored in the checkpoint."""
+def resolve_checkpoint(path: str | Path) -> Path:
+    """``path`` itself, or for an experiment directory its newest checkpoint."""
     path = Path(path)
+    if path.is_dir():
+        newest = ckpt.newest_checkpoint(path)
+        if newest is None:
+            raise FileNotFoundError(f"no checkpoint-*.pt or epoch-*.pt in {path}")
+        log.info("using %s", newest)
+        return newest
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    return path
+
+
+def averaged_state_dict(end: dict, start: dict) -> dict[str, torch.Tensor]:
+    """The model averaged over the batches between two training checkpoints of one run (icefall's
+    ``--use-averaged-model``): each holds the running mean ``model_avg`` of the model since batch 0, so
+    the mean over ``(b_start, b_end]`` is ``(avg_end·b_end - avg_start·b_start) / (b_end - b_start)``."""
+    b_end, b_start = end["state"]["batch_idx_train"], start["state"]["batch_idx_train"]
+    if end.get("model_avg") is None or start.get("model_avg") is None:
+        raise ValueError("averaging needs checkpoints written by asr train with a model average")
+    if b_start >= b_end:
+        raise ValueError(f"--average-from must be earlier than the decoded checkpoint (batch {b_start} >= {b_end})")
+    averaged = {}
+    for key, value in end["model_avg"].items():
+        if value.is_floating_point():
+            averaged[key] = (value * b_end - start["model_avg"][key] * b_start) / (b_end - b_start)
+        else:
+            averaged[key] = value
+    return averaged
+
+
+def load_checkpoint_for_decoding(
+    path: str | Path, lang_dir: str | Path | None = None, average_from: str | Path | None = None
+) -> tuple[AsrModel, Tokenizer]:
+    """A model in eval mode and its tokenizer from a training checkpoint (``asr train``; a directory
+    means its newest checkpoint) or a model checkpoint (:func:`asr.models.save_model`). With
+    ``average_from`` (an earlier checkpoint of the same run) the weights are the model averaged over
+    the training between the two. The tokenizer comes from ``lang_dir`` when given, else from the
+    files stored in the checkpoint."""
+    path = resolve_checkpoint(path)
     raw = torch.load(path, map_location="cpu", weights_only=False)
     if isinstance(raw, dict) and raw.get("format") == "asr-train":
         config = raw["build_config"]
-        state_dict = raw["model_avg"] if use_averaged and raw.get("model_avg") is not None else raw["model"]
+        state_dict = raw["model"]
+        if average_from is not None:
+            state_dict = averaged_state_dict(raw, ckpt.load(resolve_checkpoint(average_from)))
         tokenizer_files = raw.get("tokenizer", {})
     else:
+        if average_from is not None:
+            raise ValueError(f"{path} is a model checkpoint; averaging needs training checkpoints")
         checkpoint = read_checkpoint(path)
         config, state_dict = checkpoint["config"], checkpoint["state_dict"]
         tokenizer_files = checkpoint.get("extra", {}).get("tokenizer", {})
@@ -146,12 +184,12 @@ def encode(
     if chunk_size is None:
         return model.encode(features, feature_lens)
     encoder = model.encoder
-    if not hasattr(encoder, "streaming_forward"):
-        raise ValueError(f"--chunk-size needs a causal (streaming) model; {type(encoder).__name__} has no streaming forward")
+    if not is_streaming_encoder(encoder):
+        raise ValueError(f"--chunk-size needs a causal (streaming) model; this {type(encoder).__name__} is not one")
     encoder.chunk_size = chunk_size
     if left_context_frames is not None:
         encoder.left_context_frames = left_context_frames
-    return encoder.simulate_streaming(features, feature_lens)
+    return simulate_streaming(encoder, features, feature_lens)
 
 
 def search(
@@ -221,7 +259,8 @@ def decode(
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="asr decode", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", required=True, help="training or model checkpoint")
+    parser.add_argument("--checkpoint", required=True,
+                        help="training or model checkpoint, or an experiment dir (its newest checkpoint)")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--cuts", help="a CutSet (jsonl.gz) with reference texts")
     source.add_argument("audio", nargs="*", default=[], help="audio files")
@@ -231,7 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--left-context-frames", type=int, default=None)
     parser.add_argument("--lang-dir", default=None, help="tokenizer dir (default: the one in the checkpoint)")
     parser.add_argument("--results-dir", default=None, help="with --cuts: where hyps.txt and errs.txt go")
-    parser.add_argument("--no-average", action="store_true", help="use the raw, not the averaged, model")
+    parser.add_argument("--average-from", default=None,
+                        help="an earlier checkpoint of the same run: decode the model averaged since then")
     parser.add_argument("--max-frames", type=int, default=30000, help="frames per padded batch")
     parser.add_argument("--num-threads", type=int, default=None)
     return parser
@@ -244,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.num_threads)
     if not args.cuts and not args.audio:
         raise SystemExit("asr decode: give audio files or --cuts")
-    model, tokenizer = load_checkpoint_for_decoding(args.checkpoint, args.lang_dir, not args.no_average)
+    model, tokenizer = load_checkpoint_for_decoding(args.checkpoint, args.lang_dir, args.average_from)
     errors: list[str] = []
     utterances = utterances_from_cuts(args.cuts, errors) if args.cuts else utterances_from_files(args.audio, errors)
     result = decode(
@@ -259,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.cuts:
         from asr.wer import compute_wer, write_error_stats
 
-        results_dir = Path(args.results_dir or Path(args.checkpoint).parent / f"decode-{args.method}")
+        checkpoint_dir = Path(args.checkpoint) if Path(args.checkpoint).is_dir() else Path(args.checkpoint).parent
+        results_dir = Path(args.results_dir or checkpoint_dir / f"decode-{args.method}")
         results_dir.mkdir(parents=True, exist_ok=True)
         with open(results_dir / "hyps.txt", "w") as f:
             for uid, text in result.hypotheses.items():

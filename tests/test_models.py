@@ -272,3 +272,23 @@ def test_save_load_round_trip_zipformer_xs(tmp_path):
     x = torch.randn(2, 60, 80)
     x_lens = torch.tensor([60, 45])
     assert_same_outputs(model, loaded, x, x_lens)
+
+
+def test_transformer_transducer_uses_its_label_encoder_and_trains_and_decodes():
+    from asr.decoding import greedy_search, modified_beam_search
+    from asr.models import build_model
+    from asr.models.label_encoder import LabelEncoder
+
+    torch.manual_seed(0)
+    model = build_model("transformer-transducer-small", vocab_size=20)
+    assert isinstance(model.decoder, LabelEncoder)
+    x, x_lens = torch.randn(2, 120, 80), torch.tensor([120, 90])
+    losses = model(x, x_lens, [[3, 4, 5], [7]])
+    losses.total.backward()
+    assert torch.isfinite(losses.total) and model.decoder.embedding.weight.grad is not None
+    model.eval()
+    with torch.no_grad():
+        enc_out, enc_lens = model.encode(x, x_lens)
+        greedy = greedy_search(model, enc_out, enc_lens)
+        beam1 = modified_beam_search(model, enc_out, enc_lens, beam=1)
+    assert [h.tokens for h in greedy] == [h.tokens for h in beam1]

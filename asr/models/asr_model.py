@@ -9,9 +9,11 @@ from torch import nn
 
 import asr.losses as asr_losses
 from asr.models.ctc import CtcHead
+from asr.models.label_encoder import LabelEncoder
 from asr.models.transducer import Decoder, Joiner, scaled_linear
 
 HEADS = ("transducer", "ctc")
+DECODER_TYPES = ("stateless", "label_encoder")
 
 
 def _full_precision(x: torch.Tensor) -> torch.Tensor:
@@ -93,6 +95,8 @@ class AsrModel(nn.Module):
         context_size: decoder context (previous tokens).
         blank_id: blank symbol id (0 in this project).
         ctc_dropout: dropout before the CTC projection.
+        decoder_type: the transducer's prediction network: ``"stateless"`` (icefall's embedding + conv)
+            or ``"label_encoder"`` (Transformer-Transducer's transformer over the last labels).
     """
 
     def __init__(
@@ -105,6 +109,7 @@ class AsrModel(nn.Module):
         context_size: int = 2,
         blank_id: int = 0,
         ctc_dropout: float = 0.1,
+        decoder_type: str = "stateless",
     ):
         super().__init__()
         heads = tuple(heads)
@@ -120,7 +125,10 @@ class AsrModel(nn.Module):
         # Set by build_model: what save_model stores so that load_model can rebuild the model.
         self.build_config: dict | None = None
         if "transducer" in heads:
-            self.decoder = Decoder(vocab_size, decoder_dim, blank_id=blank_id, context_size=context_size)
+            if decoder_type not in DECODER_TYPES:
+                raise ValueError(f"decoder_type must be one of {DECODER_TYPES}, got {decoder_type!r}")
+            decoder_class = Decoder if decoder_type == "stateless" else LabelEncoder
+            self.decoder = decoder_class(vocab_size, decoder_dim, blank_id=blank_id, context_size=context_size)
             self.joiner = Joiner(encoder_dim, decoder_dim, joiner_dim, vocab_size)
             self.simple_am_proj = scaled_linear(encoder_dim, vocab_size, initial_scale=0.25)
             self.simple_lm_proj = scaled_linear(decoder_dim, vocab_size, initial_scale=0.25)

@@ -32,9 +32,15 @@ HEAD_PRESETS: dict[str, dict[str, int]] = {
     "zipformer-small": {"decoder_dim": 512, "joiner_dim": 512},
     "zipformer-medium": {"decoder_dim": 512, "joiner_dim": 512},
     "zipformer-large": {"decoder_dim": 512, "joiner_dim": 512},
+    "conformer-small": {"decoder_dim": 512, "joiner_dim": 512},
+    "conformer-medium": {"decoder_dim": 512, "joiner_dim": 512},
+    "conformer-large": {"decoder_dim": 512, "joiner_dim": 512},
+    # The Transformer-Transducer's prediction network is its transformer label encoder.
+    "transformer-transducer-small": {"decoder_dim": 256, "joiner_dim": 256, "decoder_type": "label_encoder"},
+    "transformer-transducer-large": {"decoder_dim": 512, "joiner_dim": 512, "decoder_type": "label_encoder"},
 }
 
-_MODEL_KWARGS = ("decoder_dim", "joiner_dim", "context_size", "blank_id", "ctc_dropout")
+_MODEL_KWARGS = ("decoder_dim", "joiner_dim", "context_size", "blank_id", "ctc_dropout", "decoder_type")
 
 
 def build_model(
@@ -53,7 +59,8 @@ def build_model(
         heads: non-empty subset of ``("transducer", "ctc")``.
         causal: streaming (chunk-causal) encoder.
         encoder_kwargs: overrides passed to ``build_encoder``.
-        **model_kwargs: ``decoder_dim``, ``joiner_dim``, ``context_size``, ``blank_id``, ``ctc_dropout``;
+        **model_kwargs: ``decoder_dim``, ``joiner_dim``, ``context_size``, ``blank_id``, ``ctc_dropout``,
+            ``decoder_type``;
             unset head sizes come from :data:`HEAD_PRESETS` (else :class:`AsrModel`'s defaults).
     """
     unknown = sorted(set(model_kwargs) - set(_MODEL_KWARGS))

@@ -60,6 +60,21 @@ def epoch_checkpoints(exp_dir: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def newest_checkpoint(exp_dir: str | Path) -> Path | None:
+    """The checkpoint in ``exp_dir`` furthest into training (batch or epoch checkpoint), or None.
+
+    A batch checkpoint's name gives its batch; only the last epoch checkpoint is opened to read its own.
+    """
+    batches, epochs = batch_checkpoints(exp_dir), epoch_checkpoints(exp_dir)
+    if not epochs:
+        return batches[-1] if batches else None
+    if not batches:
+        return epochs[-1]
+    last_batch = int(_BATCH_CKPT.match(batches[-1].name).group(1))
+    epoch_batch = load(epochs[-1])["state"]["batch_idx_train"]
+    return epochs[-1] if epoch_batch >= last_batch else batches[-1]
+
+
 def remove_old_batch_checkpoints(exp_dir: str | Path, keep_last: int) -> None:
     for path in batch_checkpoints(exp_dir)[:-keep_last] if keep_last > 0 else []:
         path.unlink(missing_ok=True)

@@ -216,11 +216,10 @@ class Trainer:
 
     def resume(self) -> bool:
         """Load the newest checkpoint in exp_dir, if any. Returns whether it did."""
-        candidates = ckpt.batch_checkpoints(self.exp_dir) + ckpt.epoch_checkpoints(self.exp_dir)
-        if not candidates:
+        path = ckpt.newest_checkpoint(self.exp_dir)
+        if path is None:
             return False
-        loaded = [(ckpt.load(p), p) for p in candidates]
-        saved, path = max(loaded, key=lambda item: item[0]["state"]["batch_idx_train"])
+        saved = ckpt.load(path)
         self.model.load_state_dict(saved["model"])
         if self.model_avg is not None and saved["model_avg"] is not None:
             self.model_avg.load_state_dict(saved["model_avg"])

@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# The offline recipe: runs anywhere, downloads nothing. Stages (icefall-style):
+#   0  build the TTS corpus (espeak-ng, flite, festival, piper)   -> $data_dir
+#   1  80-dim fbank of train/dev/test                             -> $data_dir/fbank
+#   2  BPE lang dir from the training transcripts                 -> $data_dir/lang_bpe_$vocab_size
+#   3  train a transducer + CTC model for $train_minutes minutes  -> $exp_dir
+#   4  decode dev and test (test holds voices train never heard), print the WER
+# Every stage skips work it finds done, so a rerun continues where the last one stopped; training
+# resumes from its newest checkpoint.
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+
+stage=0
+stop_stage=100
+num_utts=4000
+seed=1
+data_dir=$repo/data/synth
+exp_dir=$repo/exp/synth
+encoder=zipformer-xs
+causal=false
+vocab_size=256
+train_minutes=20
+num_epochs=30
+max_duration=150
+nj=2
+method=greedy
+chunk_size=0
+
+usage="usage: $0 [--stage N] [--stop-stage M] [options]
+  --stage, --stop-stage  first and last stage to run ($stage, $stop_stage)
+  --num-utts N           corpus size over all splits ($num_utts; 10000 is about 8 h of audio)
+  --seed S               corpus seed ($seed)
+  --data-dir DIR         corpus, features and lang dir ($data_dir)
+  --exp-dir DIR          checkpoints, tensorboard, decode results ($exp_dir)
+  --encoder NAME         encoder preset ($encoder; see asr train --help)
+  --causal B             streaming (chunk-causal) encoder (true|false, $causal)
+  --vocab-size V         BPE vocabulary size ($vocab_size)
+  --train-minutes M      wall-clock training budget; 0 for no limit ($train_minutes)
+  --num-epochs E         at most this many epochs ($num_epochs)
+  --max-duration S       seconds of audio per batch ($max_duration)
+  --nj N                 parallel jobs for corpus and features ($nj)
+  --method M             greedy | modified_beam_search | ctc_greedy | ctc_prefix_beam_search ($method)
+  --chunk-size C         decode chunk by chunk with this chunk (causal models; 0 = full context, $chunk_size)"
+
+. "$repo/recipes/parse_options.sh"
+
+log() {
+  echo "$(date '+%Y-%m-%d %H:%M:%S') (synth/run.sh:${BASH_LINENO[0]}) $*"
+}
+
+if ! command -v asr >/dev/null; then
+  echo "$0: the 'asr' command is not on PATH (activate the virtual environment: . .venv/bin/activate)" >&2
+  exit 1
+fi
+
+fbank_dir=$data_dir/fbank
+lang_dir=$data_dir/lang_bpe_$vocab_size
+
+if [ "$stage" -le 0 ] && [ "$stop_stage" -ge 0 ]; then
+  log "Stage 0: TTS corpus of $num_utts utterances -> $data_dir"
+  asr data synth --out "$data_dir" --num-utts "$num_utts" --seed "$seed" --num-workers "$nj"
+fi
+
+if [ "$stage" -le 1 ] && [ "$stop_stage" -ge 1 ]; then
+  mkdir -p "$fbank_dir"
+  for split in train dev test; do
+    if [ -f "$fbank_dir/.$split.done" ] && [ "$fbank_dir/.$split.done" -nt "$data_dir/synth_cuts_$split.jsonl.gz" ]; then
+      log "Stage 1: fbank of $split done before, skipping"
+      continue
+    fi
+    log "Stage 1: fbank of $split"
+    asr data fbank --cuts "$data_dir/synth_cuts_$split.jsonl.gz" --out "$fbank_dir/synth_cuts_$split.jsonl.gz" \
+      --storage-dir "$fbank_dir/feats_$split" --num-workers "$nj"
+    touch "$fbank_dir/.$split.done"
+  done
+fi
+
+if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
+  if [ -f "$lang_dir/bpe.model" ] && [ "$lang_dir/bpe.model" -nt "$data_dir/synth_cuts_train.jsonl.gz" ]; then
+    log "Stage 2: $lang_dir done before, skipping"
+  else
+    log "Stage 2: BPE $vocab_size -> $lang_dir"
+    asr data tokenizer bpe --cuts "$data_dir/synth_cuts_train.jsonl.gz" --vocab-size "$vocab_size" \
+      --out-dir "$lang_dir"
+  fi
+fi
+
+if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
+  log "Stage 3: train $encoder (causal=$causal) for up to $train_minutes minutes -> $exp_dir"
+  limit=()
+  if [ "$train_minutes" != 0 ]; then
+    limit=(--max-minutes "$train_minutes")
+  fi
+  causal_flag=--no-causal
+  if [ "$causal" = true ]; then
+    causal_flag=--causal
+  fi
+  asr train --preset synth-cpu --encoder "$encoder" "$causal_flag" \
+    --train-cuts "$fbank_dir/synth_cuts_train.jsonl.gz" --valid-cuts "$fbank_dir/synth_cuts_dev.jsonl.gz" \
+    --lang-dir "$lang_dir" --exp-dir "$exp_dir" --num-epochs "$num_epochs" --max-duration "$max_duration" \
+    "${limit[@]}"
+fi
+
+if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
+  streaming=()
+  suffix=$method
+  if [ "$chunk_size" != 0 ]; then
+    streaming=(--chunk-size "$chunk_size")
+    suffix=$method-chunk-$chunk_size
+  fi
+  for split in dev test; do
+    log "Stage 4: decode $split with $method ${streaming[*]}"
+    wer=$(asr decode --checkpoint "$exp_dir" --cuts "$fbank_dir/synth_cuts_$split.jsonl.gz" --method "$method" \
+      "${streaming[@]}" --results-dir "$exp_dir/decode-$suffix/$split" | tail -n 1)
+    log "Stage 4: $split: $wer"
+  done
+fi
