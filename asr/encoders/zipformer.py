@@ -45,6 +45,14 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor, nn
 
+from asr.nn.fused_attention import (
+    BACKENDS,
+    RelPosAttentionInputs,
+    apply_attention,
+    attention_weights,
+    chunk_params_from_mask,
+    resolve_backend,
+)
 from asr.nn.positional import CompactRelPositionalEncoding
 from asr.nn.scaling import (
     ActivationDropoutAndLinear,
@@ -263,6 +271,8 @@ class RelPositionMultiheadAttentionWeights(nn.Module):
         self.linear_pos = ScaledLinear(pos_dim, num_heads * pos_head_dim, bias=False, initial_scale=0.05)
         self.copy_pos_query = Identity()
         self.copy_query = Identity()
+        # "torch": materialise the weights here; "triton" / "auto": see asr.nn.fused_attention.
+        self.attention_backend = "torch"
 
     def _split(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Projected ``(T, N, *)`` -> query ``(H, N, T, d)``, key ``(T, N, H*d)``, pos query ``(H, N, T, p)``."""
@@ -299,17 +309,36 @@ class RelPositionMultiheadAttentionWeights(nn.Module):
         pos_emb: Tensor,
         key_padding_mask: Tensor | None = None,
         attn_mask: Tensor | None = None,
-    ) -> Tensor:
+    ) -> Tensor | RelPosAttentionInputs:
         """``x`` ``(T, N, C)``, ``pos_emb`` ``(1, 2T - 1, pos_dim)``, ``key_padding_mask`` ``(N, T)`` and
-        ``attn_mask`` ``(T, T)`` (True = masked). Returns weights ``(H, N, T, T)``."""
+        ``attn_mask`` ``(T, T)`` (True = masked). Returns weights ``(H, N, T, T)``, or, where
+        ``attention_backend`` resolves to Triton, a :class:`RelPosAttentionInputs` standing for them."""
         num_frames, batch_size, _ = x.shape
         q, k, p = self._split(self.in_proj(x))
         k = self.whiten_keys(self.balance_keys(k))
+        use_pos = not self.training or random.random() >= float(self.pos_emb_skip_rate)
+        penalize = self.training and random.random() < 0.1
+        fused = (
+            self.attention_backend != "torch"
+            and not penalize
+            and not (self.training and self.dropout > 0)
+            and resolve_backend(self.attention_backend, x.device) == "triton"
+        )
+        chunking = (-1, -1) if attn_mask is None or not fused else chunk_params_from_mask(attn_mask)
+        if fused and chunking is not None:
+            # Each consumer recomputes the scores (see asr.nn.fused_attention). Rows that see no key at
+            # all (padded frames of a chunk past the end) get zeros here, uniform weights below.
+            k = k.reshape(num_frames, batch_size, self.num_heads, self.query_head_dim).permute(2, 1, 0, 3)
+            pos_table = self.linear_pos(pos_emb)[0].reshape(-1, self.num_heads, self.pos_head_dim).permute(1, 0, 2)
+            return RelPosAttentionInputs(
+                q, k, p if use_pos else None, pos_table if use_pos else None, key_padding_mask, *chunking,
+                backend="triton",
+            )
         k = k.reshape(num_frames, batch_size, self.num_heads, self.query_head_dim).permute(2, 1, 3, 0)
         scores = torch.matmul(q, k)
-        if not self.training or random.random() >= float(self.pos_emb_skip_rate):
+        if use_pos:
             scores = scores + self._pos_scores(p, pos_emb, num_frames)
-        if self.training and random.random() < 0.1:
+        if penalize:
             # Fail-safe against implausibly large scores (a penalty in backprop only).
             scores = penalize_abs_values_gt(scores, limit=25.0, penalty=1.0e-04, name=self.name)
         # -1000, not -inf: fully masked rows stay finite, and exp(-1000) is exactly 0.
@@ -353,14 +382,14 @@ class SelfAttention(nn.Module):
         )
 
     @staticmethod
-    def _attend(weights: Tensor, values: Tensor, num_queries: int) -> Tensor:
+    def _attend(weights: Tensor | RelPosAttentionInputs, values: Tensor, num_queries: int) -> Tensor:
         num_keys, batch_size, _ = values.shape
         num_heads = weights.shape[0]
         values = values.reshape(num_keys, batch_size, num_heads, -1).permute(2, 1, 0, 3)
-        out = torch.matmul(weights, values)  # (H, N, T_q, d_v)
+        out = apply_attention(weights, values)  # (H, N, T_q, d_v)
         return out.permute(2, 1, 0, 3).reshape(num_queries, batch_size, -1)
 
-    def forward(self, x: Tensor, attn_weights: Tensor) -> Tensor:
+    def forward(self, x: Tensor, attn_weights: Tensor | RelPosAttentionInputs) -> Tensor:
         out = self._attend(attn_weights, self.in_proj(x), x.shape[0])
         return self.whiten(self.out_proj(out))
 
@@ -625,7 +654,7 @@ class Zipformer2EncoderLayer(nn.Module):
         src = src + self.feed_forward1(src)
 
         attention_keep = self._skip_mask(src, self.attention_skip_rate)
-        na = self.nonlin_attention(src, attn_weights[0:1])
+        na = self.nonlin_attention(src, attention_weights(attn_weights, slice(0, 1)))
         src = src + self._masked(self.balancer_na(na), attention_keep)
         src = src + self._masked(self.self_attn1(src, attn_weights), attention_keep)
         conv_keep = self._skip_mask(src, self.conv_skip_rate)
@@ -972,6 +1001,8 @@ class ZipformerEncoder(nn.Module):
         chunk_size: chunk size in 50 Hz frames used in eval and streaming (-1 = whole utterance).
         left_context_frames: left context in 50 Hz frames used in eval and streaming (-1 = all).
         train_chunk_sizes / train_left_context_frames: drawn per batch in training (causal only).
+        attention_backend: "torch" (materialised weights), "triton" (fused kernels) or "auto" (Triton on
+            CUDA when available); see :mod:`asr.nn.fused_attention`. Streaming always uses "torch".
     """
 
     def __init__(
@@ -982,6 +1013,7 @@ class ZipformerEncoder(nn.Module):
         left_context_frames: int = 128,
         train_chunk_sizes: tuple[int, ...] = (16, 32, 64, -1),
         train_left_context_frames: tuple[int, ...] = (64, 128, 256, -1),
+        attention_backend: str = "torch",
     ) -> None:
         super().__init__()
         self.config = config
@@ -995,6 +1027,15 @@ class ZipformerEncoder(nn.Module):
         self.encoder_embed = Conv2dSubsampling(config.feature_dim, first_dim, dropout=dropout)
         self.encoder = Zipformer2(config, causal=causal, dropout=dropout)
         self.output_dim = max(self.encoder.encoder_dim)
+        self.set_attention_backend(attention_backend)
+
+    def set_attention_backend(self, backend: str) -> None:
+        """Compute the attention of every layer with ``backend`` ("torch", "triton" or "auto")."""
+        if backend not in BACKENDS:
+            raise ValueError(f"attention_backend must be one of {BACKENDS}, got {backend!r}")
+        for module in self.modules():
+            if isinstance(module, RelPositionMultiheadAttentionWeights):
+                module.attention_backend = backend
 
     @staticmethod
     def output_lengths(x_lens: Tensor) -> Tensor:
@@ -1109,9 +1150,11 @@ def zipformer_config(name: str, **overrides) -> ZipformerConfig:
 
 def build_zipformer(name: str, causal: bool = False, **overrides) -> ZipformerEncoder:
     """A ``ZipformerEncoder`` from a preset name; overrides go to the config or to ``ZipformerEncoder``
-    (``chunk_size``, ``left_context_frames``, ``train_chunk_sizes``, ``train_left_context_frames``)."""
+    (``chunk_size``, ``left_context_frames``, ``train_chunk_sizes``, ``train_left_context_frames``,
+    ``attention_backend``)."""
     encoder_args = {k: overrides.pop(k) for k in
-                    ("chunk_size", "left_context_frames", "train_chunk_sizes", "train_left_context_frames")
+                    ("chunk_size", "left_context_frames", "train_chunk_sizes", "train_left_context_frames",
+                     "attention_backend")
                     if k in overrides}
     config = zipformer_config(name, **overrides)
     return ZipformerEncoder(config, causal=causal, **encoder_args)
