@@ -221,7 +221,7 @@ def test_zipformer_rejects_unknown_attention_backend():
 
     config = torch.load(DATA / "zipformer_icefall_tiny_io.pt", weights_only=True)["config"]
     with pytest.raises(ValueError, match="attention_backend must be one of"):
-        build_zipformer("zipformer-xs", attention_backend="cuda", **config)
+        build_zipformer("zipformer-small", attention_backend="cuda", **config)
 
 
 def _run_kernel_tests_in_interpreter(marker: str) -> None:

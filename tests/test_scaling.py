@@ -141,9 +141,9 @@ def test_swoosh_backward_keeps_one_byte_per_element(name, dtype):
     saved, y = _saved_tensor_bytes(module(), x)
     assert [(d, n) for d, n, _ in saved] == [(torch.uint8, x.numel())]
     assert sum(n * size for _, n, size in saved) <= x.numel() * 1
-    # For contrast, plain autograd through the same formula keeps several full tensors.
+    # For contrast, plain autograd through the same formula keeps at least the full-precision input.
     saved_plain, _ = _saved_tensor_bytes(fwd, x)
-    assert sum(n * size for _, n, size in saved_plain) >= 2 * x.numel() * x.element_size()
+    assert sum(n * size for _, n, size in saved_plain) >= x.numel() * x.element_size()
     y.sum().backward()  # the saved uint8 tensor is enough for backward
 
 

@@ -33,10 +33,11 @@ def fixture_io() -> dict:
 
 
 def _tiny(causal: bool = False, seed: int = 0, **kwargs) -> ZipformerEncoder:
-    """The fixture's tiny config, randomly initialised, in eval mode."""
+    """The fixture's tiny config (on an icefall preset, so the conv front end is icefall's), randomly
+    initialised, in eval mode."""
     config = torch.load(DATA / "zipformer_icefall_tiny_io.pt", weights_only=True)["config"]
     torch.manual_seed(seed)
-    model = build_encoder("zipformer-xs", causal=causal, **config, **kwargs)
+    model = build_encoder("zipformer-small", causal=causal, **config, **kwargs)
     with torch.no_grad():  # move every parameter off its (often trivial) initial value
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -176,7 +177,7 @@ def test_causal_training_draws_chunking_per_batch_and_eval_uses_attributes():
 def test_state_dict_round_trip(tmp_path):
     model = _tiny(causal=True)
     torch.save(model.state_dict(), tmp_path / "enc.pt")
-    fresh = build_encoder("zipformer-xs", causal=True, **torch.load(DATA / "zipformer_icefall_tiny_io.pt",
+    fresh = build_encoder("zipformer-small", causal=True, **torch.load(DATA / "zipformer_icefall_tiny_io.pt",
                                                                      weights_only=True)["config"]).eval()
     fresh.load_state_dict(torch.load(tmp_path / "enc.pt", weights_only=True), strict=True)
     x, lengths = torch.randn(2, 77, 80), torch.tensor([77, 60])
@@ -240,7 +241,7 @@ def _converted(tmp_path, fixture_io, name: str, causal: bool):
     overrides = [f"--set={k}={','.join(map(str, v)) if isinstance(v, tuple) else v}"
                  for k, v in fixture_io["config"].items()]
     out = tmp_path / "converted.pt"
-    args = [str(DATA / name), str(out), "--encoder", "zipformer-xs", *overrides] + (["--causal"] if causal else [])
+    args = [str(DATA / name), str(out), "--encoder", "zipformer-small", *overrides] + (["--causal"] if causal else [])
     assert tool.main(args) == 0
     converted = torch.load(out, weights_only=True)
     return tool, converted
@@ -248,7 +249,7 @@ def _converted(tmp_path, fixture_io, name: str, causal: bool):
 
 def test_icefall_fixture_offline(tmp_path, fixture_io):
     tool, converted = _converted(tmp_path, fixture_io, "zipformer_icefall_tiny.pt", causal=False)
-    assert converted["encoder"] == "zipformer-xs" and converted["causal"] is False
+    assert converted["encoder"] == "zipformer-small" and converted["causal"] is False
     assert sorted({k.split(".")[0] for k in converted["icefall_other"]}) == [
         "ctc_output", "decoder", "joiner", "simple_am_proj", "simple_lm_proj"]
     model = tool.load_encoder(converted)
@@ -281,7 +282,7 @@ def test_convert_rejects_wrong_causality(tmp_path, fixture_io, capsys):
     overrides = [f"--set={k}={','.join(map(str, v)) if isinstance(v, tuple) else v}"
                  for k, v in fixture_io["config"].items()]
     code = tool.main([str(DATA / "zipformer_icefall_tiny_causal.pt"), str(tmp_path / "o.pt"),
-                      "--encoder", "zipformer-xs", *overrides])
+                      "--encoder", "zipformer-small", *overrides])
     assert code == 1
     assert "add --causal" in capsys.readouterr().err
     assert not (tmp_path / "o.pt").exists()

@@ -179,7 +179,7 @@ def test_kernel_zipformer_encoder_same_with_both_backends(causal, monkeypatch):
 
     config = torch.load(DATA / "zipformer_icefall_tiny_io.pt", weights_only=True)["config"]
     torch.manual_seed(0)
-    model = build_zipformer("zipformer-xs", causal=causal, chunk_size=16, left_context_frames=16, **config)
+    model = build_zipformer("zipformer-small", causal=causal, chunk_size=16, left_context_frames=16, **config)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
