@@ -29,7 +29,7 @@ from asr.decoding import (
     greedy_search,
     modified_beam_search,
 )
-from asr.models import AsrModel, build_model, read_checkpoint
+from asr.models import AsrModel, model_from_config, read_checkpoint
 from asr.streaming import is_streaming_encoder, simulate_streaming
 from asr.training import checkpoint as ckpt
 
@@ -94,14 +94,7 @@ def load_checkpoint_for_decoding(
         checkpoint = read_checkpoint(path)
         config, state_dict = checkpoint["config"], checkpoint["state_dict"]
         tokenizer_files = checkpoint.get("extra", {}).get("tokenizer", {})
-    model = build_model(
-        config["encoder_name"],
-        config["vocab_size"],
-        heads=config["heads"],
-        causal=config["causal"],
-        encoder_kwargs=config["encoder_kwargs"],
-        **config["model_kwargs"],
-    )
+    model = model_from_config(config)
     model.load_state_dict({k: v.to(torch.float32) if v.is_floating_point() else v for k, v in state_dict.items()})
     model.eval()
     if lang_dir is not None:

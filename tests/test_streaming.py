@@ -1,6 +1,5 @@
 """Simulated streaming: chunk-by-chunk encoding of whole, padded batches."""
 
-import math
 
 import pytest
 import torch

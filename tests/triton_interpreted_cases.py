@@ -7,27 +7,18 @@ be set before triton is imported and must not leak into other test files, so
 
 from __future__ import annotations
 
-import math
 import os
 
 import pytest
 import torch
 
 from asr.nn.fused_attention import (
-    RelPosAttentionInputs,
-    apply_attention,
-    attention_weights,
-    chunk_params_from_mask,
     rel_pos_attention,
-    rel_pos_attention_weights,
     resolve_backend,
 )
 from asr_kernels.reference import (
-    chunk_mask,
-    key_bias_from_padding_mask,
     rel_pos_attention_reference,
     rel_pos_attention_weights_reference,
-    rel_pos_scores_reference,
 )
 from test_kernels import DATA, _inputs
 

@@ -13,13 +13,13 @@ A model checkpoint is a ``torch.save`` dict::
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
 import asr.encoders as asr_encoders
+from asr.io import save_atomic
 from asr.models.asr_model import HEADS, AsrModel
 
 CHECKPOINT_FORMAT = "asr-model"
@@ -86,8 +86,6 @@ def save_model(path: str | os.PathLike, model: AsrModel, extra: dict[str, Any] |
     dicts, tensors) to ``path`` atomically: a temporary file in the same directory, then ``os.replace``."""
     if getattr(model, "build_config", None) is None:
         raise ValueError("save_model needs a model made by build_model (it stores the build config)")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     checkpoint = {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
@@ -95,15 +93,7 @@ def save_model(path: str | os.PathLike, model: AsrModel, extra: dict[str, Any] |
         "state_dict": model.state_dict(),
         "extra": extra or {},
     }
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(checkpoint, f)
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
+    save_atomic(checkpoint, path)
 
 
 def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -119,12 +109,9 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return checkpoint
 
 
-def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> AsrModel:
-    """Rebuild the model saved by :func:`save_model` and load its weights; returned in eval mode.
-    The checkpoint's ``extra`` dict is available from :func:`read_checkpoint`."""
-    checkpoint = read_checkpoint(path, map_location)
-    config = checkpoint["config"]
-    model = build_model(
+def model_from_config(config: dict[str, Any]) -> AsrModel:
+    """A freshly initialised model from a checkpoint's ``config`` (what :func:`build_model` stored)."""
+    return build_model(
         config["encoder_name"],
         config["vocab_size"],
         heads=config["heads"],
@@ -132,5 +119,12 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
         encoder_kwargs=config["encoder_kwargs"],
         **config["model_kwargs"],
     )
+
+
+def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> AsrModel:
+    """Rebuild the model saved by :func:`save_model` and load its weights; returned in eval mode.
+    The checkpoint's ``extra`` dict is available from :func:`read_checkpoint`."""
+    checkpoint = read_checkpoint(path, map_location)
+    model = model_from_config(checkpoint["config"])
     model.load_state_dict(checkpoint["state_dict"])
     return model.to(map_location).eval()

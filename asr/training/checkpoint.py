@@ -7,30 +7,15 @@ checkpoint or the new one, never a torn file.
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path
-from typing import Any
 
 import torch
 
+from asr.io import save_atomic
 
-def save_atomic(obj: Any, path: str | Path) -> Path:
-    """``torch.save(obj, path)`` that is all-or-nothing."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+__all__ = ["save_atomic", "load", "batch_checkpoints", "epoch_checkpoints", "newest_checkpoint",
+           "remove_old_batch_checkpoints", "average_state_dicts"]
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
