@@ -24,24 +24,6 @@ def asr_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "asr", *args]
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> dict[str, Path]:
-    from asr.data.synth import synthesize_corpus
-    from asr.data.tokenizer import train_bpe
-
-    root = tmp_path_factory.mktemp("corpus")
-    cuts = synthesize_corpus(root, num_utts=40, seed=5, engines=["espeak"], progress=False)
-    text = root / "train.txt"
-    text.write_text("".join(c.supervisions[0].text + "\n" for c in cuts["train"]))
-    train_bpe(text, root / "lang", vocab_size=40)
-    return {
-        "train": root / "synth_cuts_train.jsonl.gz",
-        "dev": root / "synth_cuts_dev.jsonl.gz",
-        "test": root / "synth_cuts_test.jsonl.gz",
-        "lang": root / "lang",
-    }
-
-
 def train_args(corpus: dict[str, Path], exp_dir: Path, *extra: str) -> list[str]:
     return asr_command(
         "train", "--preset", "synth-cpu",

@@ -188,7 +188,7 @@ class Trainer:
 
     # ---- checkpoints -------------------------------------------------------------------------------
 
-    def checkpoint_dict(self) -> dict[str, Any]:
+    def checkpoint_dict(self, rng_states: list[dict[str, Any]]) -> dict[str, Any]:
         return {
             "format": "asr-train",
             "config": asdict(self.config),
@@ -199,7 +199,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "grad_scaler": self.scaler.state_dict(),
             "state": asdict(self.state),
-            "rng": rng_state(),
+            "rng": rng_states,  # one per rank: ranks draw different augmentation and dropout
             "tokenizer": self.tokenizer_files(),
         }
 
@@ -208,8 +208,9 @@ class Trainer:
         return {p.name: p.read_bytes() for p in sorted(lang_dir.iterdir()) if p.name in ("bpe.model", "tokens.txt")}
 
     def save(self, name: str) -> None:
+        rng_states = dist_utils.gather_objects(rng_state(), self.world)
         if self.world.is_main:
-            path = ckpt.save_atomic(self.checkpoint_dict(), self.exp_dir / name)
+            path = ckpt.save_atomic(self.checkpoint_dict(rng_states), self.exp_dir / name)
             log.info("saved %s", path)
             ckpt.remove_old_batch_checkpoints(self.exp_dir, self.config.keep_last_k)
         dist_utils.barrier(self.world)
@@ -227,7 +228,12 @@ class Trainer:
         self.scheduler.load_state_dict(saved["scheduler"])
         self.scaler.load_state_dict(saved["grad_scaler"])
         self.state = TrainState(**saved["state"])
-        set_rng_state(saved["rng"])
+        if len(saved["rng"]) != self.world.size:
+            log.warning("checkpoint has RNG states of %d processes, this run has %d: the RNG is reseeded",
+                        len(saved["rng"]), self.world.size)
+            seed_everything(self.config.seed + self.world.rank + self.state.batch_idx_train)
+        else:
+            set_rng_state(saved["rng"][self.world.rank])
         log.info(
             "resumed from %s: epoch %d, batch %d of the epoch, %d batches in total",
             path, self.state.epoch, self.state.batch_in_epoch, self.state.batch_idx_train,
@@ -275,8 +281,11 @@ class Trainer:
         self.model.train()
         set_batch_count(self.model, self.adjusted_batch_count())
         loss, stats = self.compute_loss(batch, training=True)
-        if not math.isfinite(stats["loss"]):
-            self.skip(batch, f"non-finite loss {stats['loss']}")
+        # All ranks skip together: a rank that went on to backward() would wait forever (or fail) in the
+        # gradient all-reduce that the skipping rank never joins.
+        loss_finite = math.isfinite(stats["loss"])
+        if dist_utils.any_true(not loss_finite, self.world):
+            self.skip(batch, "non-finite loss on another rank" if loss_finite else f"non-finite loss {stats['loss']}")
             return None
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
