@@ -105,3 +105,27 @@ def test_decode_files_and_cuts_with_a_trained_checkpoint(corpus, tmp_path):
     hyps = (results_dir / "hyps.txt").read_text().splitlines()
     assert len(hyps) == len(load_manifest(corpus["test"]))
     assert (results_dir / "errs.txt").read_text().strip()
+
+
+def test_average_checkpoints_tool_is_the_elementwise_mean_and_decodes(corpus, tmp_path):
+    import importlib.util
+
+    exp_dir = tmp_path / "exp"
+    subprocess.run(train_args(corpus, exp_dir), check=True, env=ENV, capture_output=True)
+    first, second = ckpt.batch_checkpoints(exp_dir)[:2]
+    spec = importlib.util.spec_from_file_location("average_checkpoints", Path(__file__).parents[1] / "tools" /
+                                                  "average_checkpoints.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    out = tmp_path / "avg.pt"
+    assert tool.main([str(out), str(first), str(second)]) == 0
+    a, b, averaged = ckpt.load(first)["model"], ckpt.load(second)["model"], ckpt.load(out)["model"]
+    for key, value in averaged.items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, (a[key].double() + b[key].double()).div(2).to(value.dtype))
+    result = subprocess.run(
+        asr_command("decode", "--checkpoint", str(out), "--cuts", str(corpus["test"]), "--results-dir",
+                    str(tmp_path / "r")),
+        env=ENV, capture_output=True, text=True, check=True,
+    )
+    assert result.stdout.splitlines()[-1].startswith("WER ")
