@@ -31,6 +31,7 @@ from asr.decoding import (
 )
 from asr.models import AsrModel, model_from_config, read_checkpoint
 from asr.streaming import is_streaming_encoder, simulate_streaming
+from asr.streaming.simulate import LOG_EPS  # what training pads with
 from asr.training import checkpoint as ckpt
 
 log = logging.getLogger("asr.decode")
@@ -235,7 +236,9 @@ def decode(
     for batch in batches(utterances, max_frames):
         started = time.perf_counter()
         feature_lens = torch.tensor([u.features.size(0) for u in batch], dtype=torch.int64)
-        features = torch.nn.utils.rnn.pad_sequence([u.features for u in batch], batch_first=True)
+        features = torch.nn.utils.rnn.pad_sequence(
+            [u.features for u in batch], batch_first=True, padding_value=LOG_EPS
+        )
         enc_out, enc_lens = encode(model, features, feature_lens, chunk_size, left_context_frames)
         results = search(model, method, enc_out, enc_lens, beam)
         compute_seconds += time.perf_counter() - started
