@@ -253,13 +253,19 @@ import asr_kernels.rel_pos_attention as m
 
 pointers = {"Q", "K", "V", "QP", "TAB", "KB", "OUT", "LSE", "W", "DO", "DW", "DELTA", "DK", "DVAL", "DQ", "DQP", "DTAB"}
 float32 = {"LSE", "KB", "DELTA", "DTAB"}
-common = dict(D=32, P=4, D_PAD=32, HAS_POS=True, HAS_KB=True, HAS_CHUNK=True, IEEE=False)
+common = dict(D=32, P=4, D_PAD=32, P_PAD=4, HAS_POS=True, WIDE_POS=False, HAS_KB=True, HAS_CHUNK=True, IEEE=False)
+wide = dict(D=90, P=90, D_PAD=128, P_PAD=128, HAS_POS=True, WIDE_POS=True, HAS_KB=True, HAS_CHUNK=True, IEEE=False)
 fused, from_weights = dict(DV=12, DV_PAD=16, FROM_WEIGHTS=False), dict(DV=1, DV_PAD=16, FROM_WEIGHTS=True)
 jobs = [
-    (m._fwd_kernel, dict(common, DV=12, DV_PAD=16, HAS_V=True, BLOCK_M=64, BLOCK_N=32)),
-    (m._weights_kernel, dict(common, BLOCK_M=64, BLOCK_N=32)),
-    (m._bwd_dkdv_kernel, dict(common, **fused, BLOCK_M=32, BLOCK_N=32)),
-    (m._bwd_dq_kernel, dict(common, **from_weights, P_PAD=4, DIAG=64, BLOCK_M=32, BLOCK_N=32)),
+    (m._fwd_kernel, dict(common, DV=12, DV_PAD=16, HAS_V=True, BLOCK_M=64, BLOCK_N=32, DIAG=128)),
+    (m._weights_kernel, dict(common, BLOCK_M=64, BLOCK_N=32, DIAG=128)),
+    (m._bwd_dkdv_kernel, dict(common, **fused, BLOCK_M=32, BLOCK_N=32, DIAG=64)),
+    (m._bwd_dq_kernel, dict(common, **from_weights, BLOCK_M=32, BLOCK_N=32, DIAG=64)),
+    # The wide positional path (P >= 16), Efficient-Conformer dims.
+    (m._fwd_kernel, dict(wide, DV=90, DV_PAD=128, HAS_V=True, BLOCK_M=16, BLOCK_N=32, DIAG=64)),
+    (m._weights_kernel, dict(wide, BLOCK_M=16, BLOCK_N=32, DIAG=64)),
+    (m._bwd_dkdv_kernel, dict(wide, DV=90, DV_PAD=128, FROM_WEIGHTS=False, BLOCK_M=16, BLOCK_N=32, DIAG=64)),
+    (m._bwd_dq_kernel, dict(wide, DV=90, DV_PAD=128, FROM_WEIGHTS=False, BLOCK_M=16, BLOCK_N=32, DIAG=64)),
 ]
 for fn, consts in jobs:
     sig = {n: "constexpr" if n in consts else ("*fp32" if n in float32 else "*fp16") if n in pointers
@@ -279,4 +285,4 @@ def test_kernels_compile_for_sm90_without_a_gpu():
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     result = subprocess.run([sys.executable, "-c", _COMPILE_FOR_SM90], env=env, capture_output=True, text=True,
                             timeout=600)
-    assert result.returncode == 0 and "compiled 4" in result.stdout, result.stderr[-4000:]
+    assert result.returncode == 0 and "compiled 8" in result.stdout, result.stderr[-4000:]

@@ -65,6 +65,67 @@ def test_kernel_weights_match_reference(tq, tk, d, dv, p, padded, chunk_size, le
     _compare(_inputs(tq, tk, d, dv, p, padded, num_heads=1), chunk_size, left_chunks, scale, weights=True)
 
 
+# The wide positional path (P >= 16: table window, tl.dot and a skew): the Conformers' full-width term.
+WIDE_POS_CASES = [
+    # T_q, T_k, head dim, value dim, pos dim, valid keys per utterance, chunk, left chunks, scale
+    pytest.param(29, 29, 90, 90, 90, (29, 20), 5, 1, 90**-0.5, id="p90-padding-chunk5-left1"),
+    pytest.param(37, 37, 90, 90, 90, (37, 30), 8, 2, 90**-0.5, id="p90-t37-padding-chunk8-left2"),
+    pytest.param(23, 41, 135, 135, 135, (), 7, 1, 135**-0.5, id="p135-streaming-tq<tk"),
+    pytest.param(19, 19, 135, 135, 135, (), -1, -1, 135**-0.5, id="p135-tq=tk"),
+    pytest.param(45, 45, 32, 32, 32, (45, 38), 8, -1, 32**-0.5, id="p32-chunk8"),
+]
+
+
+def _wide_pos(x: dict) -> bool:
+    """Whether the kernels take the wide positional path for these inputs."""
+    from asr_kernels import rel_pos_attention as kernels
+
+    problem = kernels._Problem(x["q"], x["k"], x["v"], x["q_pos"], x["pos_table"], None, 1.0, -1, -1, None, None)
+    return problem.wide_pos
+
+
+@pytest.mark.parametrize("tq, tk, d, dv, p, padded, chunk_size, left_chunks, scale", WIDE_POS_CASES)
+def test_kernel_wide_pos_attention_matches_reference(tq, tk, d, dv, p, padded, chunk_size, left_chunks, scale):
+    x = _inputs(tq, tk, d, dv, p, padded, seed=5)
+    assert _wide_pos(x)
+    _compare(x, chunk_size, left_chunks, scale, weights=False)
+
+
+@pytest.mark.parametrize("tq, tk, d, dv, p, padded, chunk_size, left_chunks, scale", WIDE_POS_CASES)
+def test_kernel_wide_pos_weights_match_reference(tq, tk, d, dv, p, padded, chunk_size, left_chunks, scale):
+    _compare(_inputs(tq, tk, d, dv, p, padded, num_heads=1, seed=6), chunk_size, left_chunks, scale, weights=True)
+
+
+@pytest.mark.parametrize("weights", [False, True])
+def test_kernel_wide_pos_unequal_blocks(weights):
+    """16 x 32 and 32 x 16 tiles: the window spans BLOCK_M + BLOCK_N - 1 = 47 rows, padded to 64."""
+    x = _inputs(45, 45, 90, 90, 90, (45, 33), num_heads=1 if weights else 2, seed=7)
+    _compare(x, 6, 2, 90**-0.5, weights=weights, block_m=16, block_n=32)
+    _compare(x, -1, -1, 90**-0.5, weights=weights, block_m=32, block_n=16)
+
+
+def test_kernel_both_positional_paths_agree_at_the_threshold(monkeypatch):
+    """At P = 16 the wide path (window and tl.dot) and the narrow one (loop over P) compute the same
+    output and gradients, and both match the reference."""
+    from asr_kernels import rel_pos_attention as kernels
+
+    x = _inputs(27, 33, 16, 16, 16, (33, 24), seed=8)
+    args = (x["q"], x["k"], x["v"], x["q_pos"], x["pos_table"], x["key_bias"])
+    names = list(GRAD_NAMES)
+    grad = torch.randn(2, 2, 27, 16, generator=torch.Generator().manual_seed(2))
+    results = {}
+    for threshold in (16, 17):
+        monkeypatch.setattr(kernels, "_WIDE_POS_MIN_DIM", threshold)
+        assert _wide_pos(x) == (threshold == 16)
+        out = kernels.rel_pos_attention(*args, chunk_size=4, left_chunks=3, scale=0.25)
+        results[threshold] = (out, *torch.autograd.grad(out, [x[name] for name in names], grad))
+    expected = rel_pos_attention_reference(*args, chunk_size=4, left_chunks=3, scale=0.25)
+    expected = (expected, *torch.autograd.grad(expected, [x[name] for name in names], grad))
+    for name, wide, narrow, want in zip(["out"] + names, results[16], results[17], expected):
+        torch.testing.assert_close(wide, narrow, atol=2e-5, rtol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
+        torch.testing.assert_close(wide, want, atol=1e-4, rtol=1e-4, msg=lambda m, name=name: f"{name}: {m}")
+
+
 @pytest.mark.parametrize("weights", [False, True])
 def test_kernel_unequal_blocks(weights):
     """Block sizes 16 x 32 and 32 x 16 (the table gradient's diagonal bookkeeping depends on both)."""
@@ -113,10 +174,10 @@ def test_kernel_dispatch_forced_by_env(monkeypatch):
     torch.testing.assert_close(out, expected, atol=2e-5, rtol=1e-4)
 
 
-def test_kernel_float16_close_to_float32_reference():
+def _check_float16(x: dict) -> None:
+    """float16 kernels (tensor-core dots) within 5e-3 relative error of the float32 reference, chunk 8."""
     from asr_kernels import rel_pos_attention as kernels
 
-    x = _inputs(37, 37, 32, 12, 4, (37, 25))
     names = ["q", "k", "v", "q_pos", "pos_table"]
     half = [x[name].detach().half().requires_grad_() for name in names]
     out = kernels.rel_pos_attention(*half, x["key_bias"], chunk_size=8, left_chunks=1)
@@ -128,6 +189,16 @@ def test_kernel_float16_close_to_float32_reference():
     for name, got, want in zip(["out"] + names, [out, *got_grads], [expected, *expected_grads]):
         error = (got.float() - want).abs().max() / want.abs().max()
         assert error < 5e-3, f"{name}: relative error {error:.2e}"
+
+
+def test_kernel_float16_close_to_float32_reference():
+    _check_float16(_inputs(37, 37, 32, 12, 4, (37, 25)))
+
+
+def test_kernel_wide_pos_float16_close_to_float32_reference():
+    x = _inputs(37, 37, 90, 90, 90, (37, 25))
+    assert _wide_pos(x)
+    _check_float16(x)
 
 
 def test_kernel_rejects_bad_inputs():
@@ -214,5 +285,27 @@ def test_kernel_random_sweep(seed):
     chunk_size, left_chunks = pick([(-1, -1), (4, 0), (7, 2), (16, -1)])
     blocks = dict(block_m=pick([16, 32]), block_n=pick([16, 32]))
     x = _inputs(tq, tk, d, dv, p, padded, seed=seed)
+    _compare(x, chunk_size, left_chunks, d**-0.5, weights=False, **blocks)
+    _compare(x, chunk_size, left_chunks, d**-0.5, weights=True, **blocks)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(3))
+def test_kernel_wide_pos_random_sweep(seed):
+    """Random shapes, masks and block sizes on the wide positional path (P >= 16, P = D or not)."""
+    gen = torch.Generator().manual_seed(200 + seed)
+
+    def pick(options):
+        return options[int(torch.randint(len(options), (1,), generator=gen))]
+
+    tq = int(torch.randint(17, 60, (1,), generator=gen))
+    tk = tq + pick([0, 0, 11])
+    p = pick([16, 32, 90, 135])
+    d, dv = pick([p, 32]), pick([p, 12])
+    padded = pick([(), (tk, max(1, tk - 9))])
+    chunk_size, left_chunks = pick([(-1, -1), (4, 0), (7, 2), (16, -1)])
+    blocks = dict(block_m=pick([16, 32]), block_n=pick([16, 32]))
+    x = _inputs(tq, tk, d, dv, p, padded, seed=seed)
+    assert _wide_pos(x)
     _compare(x, chunk_size, left_chunks, d**-0.5, weights=False, **blocks)
     _compare(x, chunk_size, left_chunks, d**-0.5, weights=True, **blocks)

@@ -1,6 +1,11 @@
 """Conformer encoder (Gulati et al., 2020): Conv2d subsampling x4 then Conformer layers, each
 ``x + ½FF(x)``, ``+ MHSA`` (relative positions), ``+ Conv``, ``+ ½FF``, LayerNorm (macaron feedforwards).
 
+Attention runs on the PyTorch code or, with ``attention_backend="triton"`` (or ``"auto"`` on CUDA), on
+the fused kernels of :mod:`asr.nn.fused_attention` for full and chunked attention in eval (and in
+training when dropout is 0); streaming (cached keys) always uses the PyTorch code. See
+:mod:`asr.nn.attention` for exactly which calls take the kernel path.
+
 The causal variant uses chunked attention masks (chunk ``C`` frames, a limited number of left chunks,
 random per batch in training) and causal depthwise convolutions, so ``streaming_forward`` over chunks
 gives the same output as the masked full forward.
@@ -18,7 +23,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor, nn
 
-from asr.nn.attention import RelPositionMultiheadAttention
+from asr.nn.attention import RelPositionMultiheadAttention, set_attention_backend
 from asr.nn.conv import ConformerConvModule, Conv2dSubsampling4
 from asr.nn.masks import chunked_mask, padding_mask
 
@@ -172,6 +177,8 @@ class ConformerEncoder(nn.Module):
         chunk_size: chunk in 25 Hz frames for eval and streaming (causal only).
         left_context_frames: left context in frames for eval and streaming, a multiple of ``chunk_size``.
         train_chunk_sizes / train_left_context_frames: drawn per batch in causal training (-1 = full).
+        attention_backend: "torch" (PyTorch attention), "triton" (fused kernels where they apply) or
+            "auto" (Triton on CUDA when available); see :mod:`asr.nn.fused_attention`.
     """
 
     def __init__(
@@ -182,6 +189,7 @@ class ConformerEncoder(nn.Module):
         left_context_frames: int = 64,
         train_chunk_sizes: tuple[int, ...] = (8, 16, 32, -1),
         train_left_context_frames: tuple[int, ...] = (32, 64, 128, -1),
+        attention_backend: str = "torch",
     ) -> None:
         super().__init__()
         self.config = config
@@ -199,6 +207,11 @@ class ConformerEncoder(nn.Module):
                            relaxed_attention_gamma=config.relaxed_attention_gamma)
             for _ in range(config.num_layers)
         )
+        self.set_attention_backend(attention_backend)
+
+    def set_attention_backend(self, backend: str) -> None:
+        """Compute the attention of every layer with ``backend`` ("torch", "triton" or "auto")."""
+        set_attention_backend(self, backend)
 
     @staticmethod
     def output_lengths(x_lens: Tensor) -> Tensor:
@@ -297,8 +310,10 @@ def conformer_config(name: str, **overrides) -> ConformerConfig:
 
 def build_conformer(name: str, causal: bool = False, **overrides) -> ConformerEncoder:
     """A ``ConformerEncoder`` from a preset; overrides go to the config or to the encoder
-    (``chunk_size``, ``left_context_frames``, ``train_chunk_sizes``, ``train_left_context_frames``)."""
+    (``chunk_size``, ``left_context_frames``, ``train_chunk_sizes``, ``train_left_context_frames``,
+    ``attention_backend``)."""
     encoder_args = {k: overrides.pop(k) for k in
-                    ("chunk_size", "left_context_frames", "train_chunk_sizes", "train_left_context_frames")
+                    ("chunk_size", "left_context_frames", "train_chunk_sizes", "train_left_context_frames",
+                     "attention_backend")
                     if k in overrides}
     return ConformerEncoder(conformer_config(name, **overrides), causal=causal, **encoder_args)

@@ -11,6 +11,11 @@ Sizes follow the reference configs (``burchim/EfficientConformer`` ``configs/Eff
 small 15 blocks, widths 120/168/240, 4 heads; medium 16 blocks, 180/256/360; large 16 blocks,
 360/512/720, 8 heads; feedforward ratio 4, kernel 15. Small with a CTC head for the paper's 256 BPE
 units has 13.2M parameters, as the paper reports.
+
+With ``attention_backend="triton"`` (or ``"auto"`` on CUDA) the attention of every block except the
+strided-MHSA ones (``downsampling="attention"``) runs on the fused kernels of
+:mod:`asr.nn.fused_attention` in eval (and in training when dropout is 0), grouped attention included
+(head dim ``3 * 120 / 4 = 90`` in stage 1 of small); see :mod:`asr.nn.attention`.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from dataclasses import dataclass, replace
 from torch import Tensor, nn
 
 from asr.encoders.conformer import ConformerLayer
+from asr.nn.attention import set_attention_backend
 from asr.nn.conv import Conv2dSubsampling2
 from asr.nn.masks import padding_mask
 
@@ -51,9 +57,15 @@ PRESETS: dict[str, EfficientConformerConfig] = {
 
 class EfficientConformerEncoder(nn.Module):
     """Fbank ``(N, T, F)`` -> ``(N, T', stage_dims[-1])`` with ``T'`` = ``T`` halved (rounding up) three
-    times, for ``len(stage_dims) - 1`` downsampling blocks after the x2 front end."""
+    times, for ``len(stage_dims) - 1`` downsampling blocks after the x2 front end.
 
-    def __init__(self, config: EfficientConformerConfig) -> None:
+    Args:
+        config: architecture (see ``PRESETS``).
+        attention_backend: "torch" (PyTorch attention), "triton" (fused kernels where they apply) or
+            "auto" (Triton on CUDA when available); see :mod:`asr.nn.fused_attention`.
+    """
+
+    def __init__(self, config: EfficientConformerConfig, attention_backend: str = "torch") -> None:
         super().__init__()
         dims, layers, groups = config.stage_dims, config.stage_layers, config.attention_group_sizes
         if not len(dims) == len(layers) == len(groups):
@@ -81,6 +93,11 @@ class EfficientConformerEncoder(nn.Module):
                     relaxed_attention_gamma=config.relaxed_attention_gamma,
                 ))
         self.layers = nn.ModuleList(blocks)
+        self.set_attention_backend(attention_backend)
+
+    def set_attention_backend(self, backend: str) -> None:
+        """Compute the attention of every block with ``backend`` ("torch", "triton" or "auto")."""
+        set_attention_backend(self, backend)
 
     def output_lengths(self, x_lens: Tensor) -> Tensor:
         """Encoder frames for ``x_lens`` feature frames."""
@@ -109,9 +126,11 @@ def efficient_conformer_config(name: str, **overrides) -> EfficientConformerConf
 
 
 def build_efficient_conformer(name: str, causal: bool = False, **overrides) -> EfficientConformerEncoder:
-    """An ``EfficientConformerEncoder`` from a preset; overrides replace config fields. Only the
-    full-context (non-streaming) model exists: ``causal=True`` is rejected."""
+    """An ``EfficientConformerEncoder`` from a preset; overrides replace config fields or set
+    ``attention_backend``. Only the full-context (non-streaming) model exists: ``causal=True`` is
+    rejected."""
     if causal:
         raise ValueError(f"{name}: the Efficient Conformer has no causal/streaming variant here; "
                          "use conformer-* or zipformer-* with causal=True")
-    return EfficientConformerEncoder(efficient_conformer_config(name, **overrides))
+    encoder_args = {k: overrides.pop(k) for k in ("attention_backend",) if k in overrides}
+    return EfficientConformerEncoder(efficient_conformer_config(name, **overrides), **encoder_args)

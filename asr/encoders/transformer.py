@@ -13,6 +13,11 @@ call with per-layer key/value caches. In limited-context mode the right context 
 each call also feeds ``num_layers * R`` look-ahead frames, whose layer outputs are recomputed by the next
 call (only frames with their full right context are committed), so the stream equals the masked full
 forward exactly.
+
+With ``attention_backend="triton"`` (or ``"auto"`` on CUDA) full and chunked attention run on the fused
+kernels of :mod:`asr.nn.fused_attention` in eval (and in training when dropout is 0); limited-context
+masks are not chunk masks and, like streaming (cached keys), use the PyTorch code. See
+:mod:`asr.nn.attention`.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor, nn
 
-from asr.nn.attention import RelPositionMultiheadAttention
+from asr.nn.attention import RelPositionMultiheadAttention, set_attention_backend
 from asr.nn.conv import Conv2dSubsampling4
 from asr.nn.masks import chunked_mask, limited_context_mask, padding_mask
 
@@ -95,6 +100,8 @@ class TransformerEncoder(nn.Module):
             left chunks).
         stream_chunk_size: frames per ``streaming_forward`` call in limited-context mode.
         train_left_contexts / train_right_contexts / train_chunk_sizes: drawn per batch in causal training.
+        attention_backend: "torch" (PyTorch attention), "triton" (fused kernels where they apply) or
+            "auto" (Triton on CUDA when available); see :mod:`asr.nn.fused_attention`.
     """
 
     def __init__(
@@ -108,6 +115,7 @@ class TransformerEncoder(nn.Module):
         train_left_contexts: tuple[int, ...] = (10, 20, 40),
         train_right_contexts: tuple[int, ...] = (0, 1, 2),
         train_chunk_sizes: tuple[int, ...] = (8, 16, 32),
+        attention_backend: str = "torch",
     ) -> None:
         super().__init__()
         self.config = config
@@ -128,6 +136,11 @@ class TransformerEncoder(nn.Module):
             for _ in range(config.num_layers)
         )
         self.final_norm = nn.LayerNorm(config.encoder_dim)
+        self.set_attention_backend(attention_backend)
+
+    def set_attention_backend(self, backend: str) -> None:
+        """Compute the attention of every layer with ``backend`` ("torch", "triton" or "auto")."""
+        set_attention_backend(self, backend)
 
     @staticmethod
     def output_lengths(x_lens: Tensor) -> Tensor:
@@ -237,11 +250,12 @@ def transformer_config(name: str, **overrides) -> TransformerConfig:
 
 
 _ENCODER_ARGS = ("left_context", "right_context", "chunk_size", "stream_chunk_size", "train_left_contexts",
-                 "train_right_contexts", "train_chunk_sizes")
+                 "train_right_contexts", "train_chunk_sizes", "attention_backend")
 
 
 def build_transformer(name: str, causal: bool = False, **overrides) -> TransformerEncoder:
     """A ``TransformerEncoder`` from a preset; overrides go to the config or to the encoder
-    (``left_context``, ``right_context``, ``chunk_size``, ``stream_chunk_size``, ``train_*``)."""
+    (``left_context``, ``right_context``, ``chunk_size``, ``stream_chunk_size``, ``train_*``,
+    ``attention_backend``)."""
     encoder_args = {k: overrides.pop(k) for k in _ENCODER_ARGS if k in overrides}
     return TransformerEncoder(transformer_config(name, **overrides), causal=causal, **encoder_args)

@@ -17,6 +17,18 @@ each projected by ``linear_pos``; ``u``/``v`` are tiled over the group; masks ar
 of each group. Padded frames have their query/key/value projections zeroed before grouping, so a group
 holding the end of an utterance sees the same zeros whether the padding comes from batching or from
 rounding ``T`` up to a multiple of ``G``.
+
+Kernel path: with ``attention_backend`` resolving to ``"triton"`` (see :mod:`asr.nn.fused_attention`),
+calls the fused kernels express go through :func:`asr.nn.fused_attention.rel_pos_attention` (or its
+weights variant when ``need_weights``): no strided queries (``S = 1``), no key/value cache, relaxed
+attention and attention dropout inactive (eval, or gamma / p = 0), and a group-level mask that is
+absent, key padding only, or padding plus a chunk mask that
+:func:`~asr.nn.fused_attention.chunk_params_from_mask` recognises (a ``(T, T)`` or ``(1, T, T)``
+``attn_mask``). The groups are the kernel's frames: ``q = q + u``, ``k``, ``v`` per head ``(H, N, T/G, d)``,
+``scale = 1/sqrt(d)``, positional queries ``(q + v)/sqrt(d)`` and a ``(H, 2T/G - 1, d)`` table whose row
+``r`` encodes the group offset ``i - j = T/G - 1 - r``; the key padding is that of each group's first
+frame. Every other call (streaming caches, strided MHSA, relaxed attention or dropout in training,
+limited-context or per-utterance masks) takes the PyTorch code below, which is the ``"torch"`` backend.
 """
 
 from __future__ import annotations
@@ -28,11 +40,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from asr.nn import fused_attention
+
 __all__ = [
     "AttentionOutput",
     "RelPositionMultiheadAttention",
     "relative_sinusoidal_encoding",
     "relax_attention_weights",
+    "set_attention_backend",
 ]
 
 
@@ -83,6 +98,9 @@ class RelPositionMultiheadAttention(nn.Module):
         query_stride: S >= 1, strided attention: only queries ``0, S, 2S, ...`` are computed, so the
             output has ``ceil(T / S)`` frames (Efficient Conformer's strided MHSA).
         relaxed_attention_gamma: gamma of relaxed attention (training only; 0 = off).
+        attention_backend: ``"torch"`` (this module's PyTorch code), ``"triton"`` (the fused kernels for
+            the calls they express, see the module docstring) or ``"auto"``; an attribute, changeable
+            later.
     """
 
     def __init__(
@@ -93,6 +111,7 @@ class RelPositionMultiheadAttention(nn.Module):
         group_size: int = 1,
         query_stride: int = 1,
         relaxed_attention_gamma: float = 0.0,
+        attention_backend: str = "torch",
     ) -> None:
         super().__init__()
         if embed_dim % num_heads:
@@ -105,6 +124,11 @@ class RelPositionMultiheadAttention(nn.Module):
             raise ValueError("grouped attention with strided queries is not supported")
         if not 0.0 <= relaxed_attention_gamma < 1.0:
             raise ValueError(f"relaxed_attention_gamma must be in [0, 1), got {relaxed_attention_gamma}")
+        if attention_backend not in fused_attention.BACKENDS:
+            raise ValueError(
+                f"attention_backend must be one of {fused_attention.BACKENDS}, got {attention_backend!r}"
+            )
+        self.attention_backend = attention_backend
         self.embed_dim = embed_dim
         self.num_heads = num_heads
         self.group_size = group_size
@@ -132,6 +156,82 @@ class RelPositionMultiheadAttention(nn.Module):
         frame_offsets = G * offsets.unsqueeze(1) + G // 2 - torch.arange(G, device=offsets.device)
         pos = self.linear_pos(relative_sinusoidal_encoding(frame_offsets, self.embed_dim).to(dtype))
         return pos.reshape(offsets.numel(), self.num_heads, self.head_dim).transpose(0, 1)
+
+    def _kernel_chunking(
+        self, attn_mask: Tensor | None, cache: tuple[Tensor, Tensor] | None, device: torch.device
+    ) -> tuple[int, int] | None:
+        """``(chunk_size, left_chunks)`` over groups when this call takes the kernel path (``(-1, -1)``:
+        no chunk mask), None when it takes the PyTorch path (see the module docstring)."""
+        if self.attention_backend == "torch" or self.query_stride > 1 or cache is not None:
+            return None
+        if self.training and (self.relaxed_attention_gamma > 0.0 or self.dropout.p > 0.0):
+            return None
+        if fused_attention.resolve_backend(self.attention_backend, device) != "triton":
+            return None
+        if attn_mask is None:
+            return -1, -1
+        if attn_mask.ndim == 3 and attn_mask.size(0) == 1:
+            attn_mask = attn_mask[0]
+        if attn_mask.ndim != 2:
+            return None
+        G = self.group_size
+        return fused_attention.chunk_params_from_mask(attn_mask[::G, ::G])
+
+    def _torch_attention(
+        self, q_u: Tensor, q_v: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, q_pos: Tensor, k_pos: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """The PyTorch path: grouped ``(N, H, T', d)`` queries (``+ u``, ``+ v``), ``(N, H, T_k', d)`` keys and
+        values, group positions ``q_pos`` ``(T',)`` / ``k_pos`` ``(T_k',)`` and ``mask`` broadcastable to
+        ``(N, T', T_k')`` -> output ``(N, H, T', d)`` and weights ``(N, H, T', T_k')``."""
+        N, H, num_q, _ = q_u.shape
+        num_k = k.size(2)
+        offsets = q_pos.unsqueeze(1) - k_pos.unsqueeze(0)  # (num_q, num_k), i - j
+        lowest = int(offsets.min())
+        distinct = torch.arange(lowest, int(offsets.max()) + 1, device=q_u.device)
+        pos = self._positional_keys(distinct, q_u.dtype)  # (H, R, d)
+        scores_pos = torch.matmul(q_v, pos.transpose(1, 2))  # (N, H, num_q, R)
+        index = (offsets - lowest).expand(N, H, num_q, num_k)
+        scores = torch.matmul(q_u, k.transpose(2, 3)) + torch.gather(scores_pos, 3, index)
+        scores = scores / math.sqrt(self.head_dim)
+
+        if mask is not None:
+            mask = mask.unsqueeze(1)  # heads
+            scores = scores.masked_fill(mask, torch.finfo(scores.dtype).min)
+        weights = scores.softmax(dim=-1)
+        if mask is not None:
+            # Rows with no visible key (queries in padding) would be uniform; make them zero.
+            weights = weights.masked_fill(mask, 0.0)
+        if self.training and self.relaxed_attention_gamma > 0.0:
+            weights = relax_attention_weights(weights, mask, self.relaxed_attention_gamma)
+        return torch.matmul(self.dropout(weights), v), weights
+
+    def _kernel_attention(
+        self,
+        q_u: Tensor,
+        q_v: Tensor,
+        k: Tensor,
+        v: Tensor,
+        key_padding: Tensor | None,
+        chunking: tuple[int, int],
+        need_weights: bool,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Grouped ``(N, H, T', d)`` queries (``+ u``, ``+ v``), keys and values -> output ``(N, H, T', d)``
+        and, if ``need_weights``, weights ``(N, H, T', T')``; ``key_padding`` ``(N, T')`` over groups."""
+        num_groups = q_u.size(2)
+        scale = 1.0 / math.sqrt(self.head_dim)
+        # Row r of the kernel's table serves key j = i + r - (T' - 1), i.e. offset i - j = T' - 1 - r.
+        offsets = torch.arange(num_groups - 1, -num_groups, -1, device=q_u.device)
+        pos_table = self._positional_keys(offsets, q_u.dtype)  # (H, 2T' - 1, d)
+        q, q_pos, k, v = (t.transpose(0, 1) for t in (q_u, q_v * scale, k, v))  # heads first
+        if need_weights:
+            weights = fused_attention.rel_pos_attention_weights(
+                q, k, q_pos, pos_table, key_padding, *chunking, scale=scale, backend="triton"
+            )
+            return torch.matmul(weights, v).transpose(0, 1), weights.transpose(0, 1)
+        out = fused_attention.rel_pos_attention(
+            q, k, v, q_pos, pos_table, key_padding, *chunking, scale=scale, backend="triton"
+        )
+        return out.transpose(0, 1), None
 
     def forward(
         self,
@@ -185,6 +285,7 @@ class RelPositionMultiheadAttention(nn.Module):
                 raise ValueError(f"attention mask covers {tuple(mask.shape[-2:])} frames, expected {(T, Tk)}")
 
         Tq = q.size(1)
+        chunking = self._kernel_chunking(attn_mask, cache, x.device)
         if G > 1:
             extra = (-T) % G
             q, k, v = (F.pad(t, (0, 0, 0, extra)) for t in (q, k, v))
@@ -201,24 +302,20 @@ class RelPositionMultiheadAttention(nn.Module):
         q_v = heads(q + self.pos_bias_v.flatten())
         k, v = heads(k), heads(v)
 
-        offsets = q_pos.unsqueeze(1) - k_pos.unsqueeze(0)  # (num_q, num_k), i - j
-        lowest = int(offsets.min())
-        distinct = torch.arange(lowest, int(offsets.max()) + 1, device=x.device)
-        pos = self._positional_keys(distinct, q.dtype)  # (H, R, d)
-        scores_pos = torch.matmul(q_v, pos.transpose(1, 2))  # (N, H, num_q, R)
-        index = (offsets - lowest).expand(N, H, num_q, num_k)
-        scores = torch.matmul(q_u, k.transpose(2, 3)) + torch.gather(scores_pos, 3, index)
-        scores = scores / math.sqrt(self.head_dim)
-
-        if mask is not None:
-            mask = mask.unsqueeze(1)  # heads
-            scores = scores.masked_fill(mask, torch.finfo(scores.dtype).min)
-        weights = scores.softmax(dim=-1)
-        if mask is not None:
-            # Rows with no visible key (queries in padding) would be uniform; make them zero.
-            weights = weights.masked_fill(mask, 0.0)
-        if self.training and self.relaxed_attention_gamma > 0.0:
-            weights = relax_attention_weights(weights, mask, self.relaxed_attention_gamma)
-        out = torch.matmul(self.dropout(weights), v)  # (N, H, num_q, d)
+        if chunking is not None:
+            key_padding = None if key_padding_mask is None else key_padding_mask[:, ::G]
+            out, weights = self._kernel_attention(q_u, q_v, k, v, key_padding, chunking, need_weights)
+        else:
+            out, weights = self._torch_attention(q_u, q_v, k, v, mask, q_pos, k_pos)
         out = out.transpose(1, 2).reshape(N, num_q * G, D)[:, :Tq]
         return AttentionOutput(self.linear_out(out), new_keys, new_values, weights if need_weights else None)
+
+
+def set_attention_backend(model: nn.Module, backend: str) -> None:
+    """Set ``attention_backend`` (``"torch"``, ``"triton"`` or ``"auto"``) of every
+    :class:`RelPositionMultiheadAttention` in ``model``."""
+    if backend not in fused_attention.BACKENDS:
+        raise ValueError(f"attention_backend must be one of {fused_attention.BACKENDS}, got {backend!r}")
+    for module in model.modules():
+        if isinstance(module, RelPositionMultiheadAttention):
+            module.attention_backend = backend

@@ -7,9 +7,8 @@ Two entry points, each an ``autograd.Function``:
 
 * :func:`rel_pos_attention` -> ``softmax(scores) @ v`` ``(H, N, T_q, D_v)``. Online softmax over key
   blocks; neither the ``(T_q, T_k)`` scores nor the ``(T_q, T_k)`` positional bias ever exist in memory:
-  the positional term is gathered per tile from the ``(H, T_q + T_k - 1, P)`` table (``P`` loads of one
-  table column per tile, ``P`` = 4 in Zipformer). It keeps the per-row log-sum-exp ``(H, N, T_q)`` for the
-  backward, which recomputes the scores tile by tile.
+  the positional term is computed per tile from the ``(H, T_q + T_k - 1, P)`` table (see below). It keeps
+  the per-row log-sum-exp ``(H, N, T_q)`` for the backward, which recomputes the scores tile by tile.
 * :func:`rel_pos_attention_weights` -> the weights ``(H, N, T_q, T_k)`` for consumers that need them
   (Zipformer's NonlinAttention, which uses one head). Two passes: the forward kernel without values
   gives the log-sum-exp, then one program per tile writes ``exp(s - lse)``.
@@ -22,17 +21,35 @@ score passes per layer (plus their recomputation in the backward), but the activ
 attention drops from ``O(H T^2)`` to ``O(H T)`` per self-attention module, which is what bounds the
 batch size at long ``T``.
 
+The positional term of a ``(BLOCK_M, BLOCK_N)`` tile takes one of two paths, chosen by ``P``:
+
+* narrow (``P < 16``, Zipformer's ``P = 4``): ``P`` gathered loads of one table column per tile, each
+  a ``(BLOCK_M, BLOCK_N)`` load at the tile's diagonal addresses, multiplied into the scores. Cost per
+  score: ``P`` loads and ``P`` multiply-adds, no ``tl.dot``.
+* wide (``P >= 16``: the full-width term of the Conformer, ``P`` = head dim, 32 .. 135): the tile only
+  touches the ``BLOCK_M + BLOCK_N - 1`` consecutive table rows ``j0 - i0 - (BLOCK_M - 1) + T_q - 1 + w``.
+  That window is loaded once (padded to ``DIAG``, the next power of two, and ``P`` to a power of two
+  >= 16), ``q_pos_tile @ window^T`` gives ``(BLOCK_M, DIAG)`` with one ``tl.dot``, and ``tl.gather``
+  along the rows skews it into the tile: score ``(m, n)`` takes window column ``n - m + BLOCK_M - 1``.
+  Time: one ``BLOCK_M x DIAG x P`` dot per tile, ``DIAG / BLOCK_N`` (2 with square tiles, hence the
+  default square tiles) times the ``q . k`` dot at ``P = D``, plus a register shuffle; ``P`` loads per
+  score would be far slower. Memory: a ``(DIAG, P)`` window and a ``(BLOCK_M, DIAG)`` float32 product
+  per program instead of one ``(BLOCK_M, BLOCK_N)`` column; nothing of size ``T^2``.
+
 Backward: ``delta = rowsum(dO * O)`` (or ``rowsum(dW * W)`` for the weights), then two kernels: one per key
 block (``dk``, ``dv``) and one per query block (``dq``, ``dq_pos`` and the table gradient). The table
-gradient sums ``ds * q_pos`` along diagonals of each tile: ``tl.gather`` skews the tile so that each
-diagonal becomes a column, the columns are summed, and one atomic add per table row and tile lands in a
+gradient sums ``ds * q_pos`` along diagonals of each tile: ``tl.gather`` skews ``ds`` so that each
+diagonal becomes a column (the reverse of the wide forward's skew). Narrow path: per column of ``q_pos``,
+the skewed ``ds * q_pos[:, c]`` is summed over the rows, one atomic add per table row and tile. Wide path:
+the skewed ``ds_win`` ``(BLOCK_M, DIAG)`` gives ``dq_pos += ds_win @ window`` and the window's gradient
+``ds_win^T @ q_pos_tile`` ``(DIAG, P)``, one atomic add per table element and tile. Both land in a
 float32 buffer.
 
 Chunk masks skip key blocks (forward, ``dq``) and query blocks (``dk``/``dv``) that are fully masked,
 and the weights kernel writes zeros there without computing scores. Head dims that are not powers of
 two (12, 90, 135) are padded to the next power of two (at least 16, for ``tl.dot``) with masked loads.
 float32 inputs use IEEE float32 dots (no TF32); float16 / bfloat16 inputs use tensor-core dots with
-float32 accumulation.
+float32 accumulation (the wide path casts ``q_pos`` and the table to ``q``'s dtype for its dots).
 """
 
 from __future__ import annotations
@@ -90,22 +107,61 @@ def _query_range(j0, T_Q, T_K, CHUNK, LEFT, HAS_CHUNK: tl.constexpr, BLOCK_M: tl
 
 
 @triton.jit
-def _scores(
-    q, k, offs_m, offs_n, QP, sqp_t, TAB, stab_r, stab_c, KB, skb_t, T_Q, T_K, scale, CHUNK, LEFT,
-    P: tl.constexpr, HAS_POS: tl.constexpr, HAS_KB: tl.constexpr, HAS_CHUNK: tl.constexpr, IEEE: tl.constexpr,
+def _pos_queries(QP, sqp_t, offs_m, T_Q, P: tl.constexpr, P_PAD: tl.constexpr, dtype: tl.constexpr):
+    """The ``q_pos`` rows ``offs_m`` as a ``(BLOCK_M, P_PAD)`` tile in ``dtype`` (zeros past ``T_Q`` and ``P``)."""
+    offs_p = tl.arange(0, P_PAD)
+    tile = tl.load(QP + offs_m[:, None] * sqp_t + offs_p[None, :],
+                   mask=(offs_m[:, None] < T_Q) & (offs_p[None, :] < P), other=0.0)
+    return tile.to(dtype)
+
+
+@triton.jit
+def _table_window(
+    TAB, stab_r, stab_c, i0, j0, T_Q, T_K,
+    P: tl.constexpr, P_PAD: tl.constexpr, DIAG: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    """Scores ``(BLOCK_M, BLOCK_N)`` in float32 of query rows ``offs_m`` against key rows ``offs_n``
-    (``q``, ``k`` already loaded), ``-inf`` where masked or out of range."""
+    """The table rows the tile at ``(i0, j0)`` uses: window row ``w`` is table row
+    ``w + j0 - i0 - (BLOCK_M - 1) + T_Q - 1`` (score ``(i0 + m, j0 + n)`` needs ``w = n - m + BLOCK_M - 1``).
+    Returns the ``(DIAG, P_PAD)`` window (zeros past the ``BLOCK_M + BLOCK_N - 1`` used rows, outside the
+    table and past ``P``), its table row numbers ``(DIAG,)`` and which of them are real. The rows past
+    ``BLOCK_M + BLOCK_N - 1`` are never used (the skews leave them out); masking them saves loads and atomics."""
+    w = tl.arange(0, DIAG)
+    rows = w + (j0 - i0 - (BLOCK_M - 1) + T_Q - 1)
+    rows_ok = (w < BLOCK_M + BLOCK_N - 1) & (rows >= 0) & (rows < T_Q + T_K - 1)
+    offs_p = tl.arange(0, P_PAD)
+    window = tl.load(TAB + rows[:, None] * stab_r + offs_p[None, :] * stab_c,
+                     mask=rows_ok[:, None] & (offs_p[None, :] < P), other=0.0)
+    return window, rows, rows_ok
+
+
+@triton.jit
+def _scores(
+    q, k, qp, i0, j0, QP, sqp_t, TAB, stab_r, stab_c, KB, skb_t, T_Q, T_K, scale, CHUNK, LEFT,
+    P: tl.constexpr, P_PAD: tl.constexpr, DIAG: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_POS: tl.constexpr, WIDE_POS: tl.constexpr, HAS_KB: tl.constexpr, HAS_CHUNK: tl.constexpr,
+    IEEE: tl.constexpr,
+):
+    """Scores ``(BLOCK_M, BLOCK_N)`` in float32 of query rows ``i0 ..`` against key rows ``j0 ..``
+    (``q``, ``k`` and, for the wide positional path, the ``q_pos`` tile ``qp`` already loaded),
+    ``-inf`` where masked or out of range."""
+    offs_m = i0 + tl.arange(0, BLOCK_M)
+    offs_n = j0 + tl.arange(0, BLOCK_N)
     s = _mm(q, tl.trans(k), IEEE) * scale
     row_ok = offs_m < T_Q
     col_ok = offs_n < T_K
     valid = row_ok[:, None] & col_ok[None, :]
     if HAS_POS:
-        rows = offs_n[None, :] - offs_m[:, None] + (T_Q - 1)
-        for c in tl.static_range(P):
-            qp_c = tl.load(QP + offs_m * sqp_t + c, mask=row_ok, other=0.0).to(tl.float32)
-            tab_c = tl.load(TAB + rows * stab_r + c * stab_c, mask=valid, other=0.0).to(tl.float32)
-            s += qp_c[:, None] * tab_c
+        if WIDE_POS:
+            window, _, _ = _table_window(TAB, stab_r, stab_c, i0, j0, T_Q, T_K, P, P_PAD, DIAG, BLOCK_M, BLOCK_N)
+            pos = _mm(qp, tl.trans(window.to(qp.dtype)), IEEE)  # (BLOCK_M, DIAG): row m against window row w
+            diagonal = tl.arange(0, BLOCK_N)[None, :] - tl.arange(0, BLOCK_M)[:, None] + (BLOCK_M - 1)
+            s += tl.gather(pos, diagonal, axis=1)
+        else:
+            rows = offs_n[None, :] - offs_m[:, None] + (T_Q - 1)
+            for c in tl.static_range(P):
+                qp_c = tl.load(QP + offs_m * sqp_t + c, mask=row_ok, other=0.0).to(tl.float32)
+                tab_c = tl.load(TAB + rows * stab_r + c * stab_c, mask=valid, other=0.0).to(tl.float32)
+                s += qp_c[:, None] * tab_c
     if HAS_KB:
         s += tl.load(KB + offs_n * skb_t, mask=col_ok, other=0.0).to(tl.float32)[None, :]
     if HAS_CHUNK:
@@ -124,8 +180,9 @@ def _fwd_kernel(
     stab_h, stab_r, stab_c, skb_n, skb_t, so_h, so_n, so_t,
     N, T_Q, T_K, scale, CHUNK, LEFT,
     D: tl.constexpr, DV: tl.constexpr, P: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_V: tl.constexpr, HAS_POS: tl.constexpr, HAS_KB: tl.constexpr, HAS_CHUNK: tl.constexpr, IEEE: tl.constexpr,
+    P_PAD: tl.constexpr, DIAG: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_V: tl.constexpr,
+    HAS_POS: tl.constexpr, WIDE_POS: tl.constexpr, HAS_KB: tl.constexpr, HAS_CHUNK: tl.constexpr,
+    IEEE: tl.constexpr,
 ):
     """One program per (query block, head * batch): online softmax over the visible key blocks; writes
     the log-sum-exp (``+inf`` for rows that see nothing) and, with ``HAS_V``, the output."""
@@ -147,6 +204,9 @@ def _fwd_kernel(
     offs_dv = tl.arange(0, DV_PAD)
     q = tl.load(Q + offs_m[:, None] * sq_t + offs_d[None, :],
                 mask=(offs_m[:, None] < T_Q) & (offs_d[None, :] < D), other=0.0)
+    qp = q  # the q_pos tile, loaded only for the wide positional path
+    if HAS_POS and WIDE_POS:
+        qp = _pos_queries(QP, sqp_t, offs_m, T_Q, P, P_PAD, q.dtype)
     m_i = tl.full([BLOCK_M], _NEG_INIT, tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, DV_PAD], tl.float32)
@@ -156,8 +216,8 @@ def _fwd_kernel(
         offs_n = j0 + tl.arange(0, BLOCK_N)
         k = tl.load(K + offs_n[:, None] * sk_t + offs_d[None, :],
                     mask=(offs_n[:, None] < T_K) & (offs_d[None, :] < D), other=0.0)
-        s = _scores(q, k, offs_m, offs_n, QP, sqp_t, TAB, stab_r, stab_c, KB, skb_t, T_Q, T_K, scale,
-                    CHUNK, LEFT, P, HAS_POS, HAS_KB, HAS_CHUNK, IEEE)
+        s = _scores(q, k, qp, i0, j0, QP, sqp_t, TAB, stab_r, stab_c, KB, skb_t, T_Q, T_K, scale, CHUNK, LEFT,
+                    P, P_PAD, DIAG, BLOCK_M, BLOCK_N, HAS_POS, WIDE_POS, HAS_KB, HAS_CHUNK, IEEE)
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         alpha = tl.exp(m_i - m_new)
         p = tl.exp(s - m_new[:, None])
@@ -183,8 +243,10 @@ def _weights_kernel(
     sq_h, sq_n, sq_t, sk_h, sk_n, sk_t, sqp_h, sqp_n, sqp_t,
     stab_h, stab_r, stab_c, skb_n, skb_t, sw_h, sw_n, sw_t,
     N, T_Q, T_K, scale, CHUNK, LEFT, NUM_KEY_BLOCKS,
-    D: tl.constexpr, P: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_POS: tl.constexpr, HAS_KB: tl.constexpr, HAS_CHUNK: tl.constexpr, IEEE: tl.constexpr,
+    D: tl.constexpr, P: tl.constexpr, D_PAD: tl.constexpr, P_PAD: tl.constexpr, DIAG: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_POS: tl.constexpr, WIDE_POS: tl.constexpr, HAS_KB: tl.constexpr, HAS_CHUNK: tl.constexpr,
+    IEEE: tl.constexpr,
 ):
     """One program per (tile, head * batch): weights ``exp(s - lse)``, zeros for fully masked tiles."""
     pid_tile = tl.program_id(0)
@@ -213,8 +275,11 @@ def _weights_kernel(
                     mask=(offs_m[:, None] < T_Q) & (offs_d[None, :] < D), other=0.0)
         k = tl.load(K + offs_n[:, None] * sk_t + offs_d[None, :],
                     mask=(offs_n[:, None] < T_K) & (offs_d[None, :] < D), other=0.0)
-        s = _scores(q, k, offs_m, offs_n, QP, sqp_t, TAB, stab_r, stab_c, KB, skb_t, T_Q, T_K, scale,
-                    CHUNK, LEFT, P, HAS_POS, HAS_KB, HAS_CHUNK, IEEE)
+        qp = q
+        if HAS_POS and WIDE_POS:
+            qp = _pos_queries(QP, sqp_t, offs_m, T_Q, P, P_PAD, q.dtype)
+        s = _scores(q, k, qp, i0, j0, QP, sqp_t, TAB, stab_r, stab_c, KB, skb_t, T_Q, T_K, scale, CHUNK, LEFT,
+                    P, P_PAD, DIAG, BLOCK_M, BLOCK_N, HAS_POS, WIDE_POS, HAS_KB, HAS_CHUNK, IEEE)
         lse = tl.load(LSE + pid_bh * T_Q + offs_m, mask=offs_m < T_Q, other=float("inf"))
         tl.store(w_ptrs, tl.exp(s - lse[:, None]).to(W.dtype.element_ty), mask=in_range)
 
@@ -227,8 +292,10 @@ def _bwd_dkdv_kernel(
     sdk_h, sdk_n, sdk_t, sdv_h, sdv_n, sdv_t,
     N, T_Q, T_K, scale, CHUNK, LEFT,
     D: tl.constexpr, DV: tl.constexpr, P: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, FROM_WEIGHTS: tl.constexpr,
-    HAS_POS: tl.constexpr, HAS_KB: tl.constexpr, HAS_CHUNK: tl.constexpr, IEEE: tl.constexpr,
+    P_PAD: tl.constexpr, DIAG: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    FROM_WEIGHTS: tl.constexpr,
+    HAS_POS: tl.constexpr, WIDE_POS: tl.constexpr, HAS_KB: tl.constexpr, HAS_CHUNK: tl.constexpr,
+    IEEE: tl.constexpr,
 ):
     """One program per (key block, head * batch): ``dk`` (and ``dv`` unless ``FROM_WEIGHTS``) over the
     query blocks that see the key block. ``FROM_WEIGHTS``: the weights' gradient ``DW`` replaces ``dO v^T``."""
@@ -264,8 +331,11 @@ def _bwd_dkdv_kernel(
         row_mask = offs_m < T_Q
         q = tl.load(Q + offs_m[:, None] * sq_t + offs_d[None, :],
                     mask=row_mask[:, None] & (offs_d[None, :] < D), other=0.0)
-        s = _scores(q, k, offs_m, offs_n, QP, sqp_t, TAB, stab_r, stab_c, KB, skb_t, T_Q, T_K, scale,
-                    CHUNK, LEFT, P, HAS_POS, HAS_KB, HAS_CHUNK, IEEE)
+        qp = q
+        if HAS_POS and WIDE_POS:
+            qp = _pos_queries(QP, sqp_t, offs_m, T_Q, P, P_PAD, q.dtype)
+        s = _scores(q, k, qp, i0, j0, QP, sqp_t, TAB, stab_r, stab_c, KB, skb_t, T_Q, T_K, scale, CHUNK, LEFT,
+                    P, P_PAD, DIAG, BLOCK_M, BLOCK_N, HAS_POS, WIDE_POS, HAS_KB, HAS_CHUNK, IEEE)
         lse = tl.load(LSE + pid_bh * T_Q + offs_m, mask=row_mask, other=float("inf"))
         delta = tl.load(DELTA + pid_bh * T_Q + offs_m, mask=row_mask, other=0.0)
         p = tl.exp(s - lse[:, None])
@@ -297,7 +367,8 @@ def _bwd_dq_kernel(
     D: tl.constexpr, DV: tl.constexpr, P: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     P_PAD: tl.constexpr, DIAG: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     FROM_WEIGHTS: tl.constexpr,
-    HAS_POS: tl.constexpr, HAS_KB: tl.constexpr, HAS_CHUNK: tl.constexpr, IEEE: tl.constexpr,
+    HAS_POS: tl.constexpr, WIDE_POS: tl.constexpr, HAS_KB: tl.constexpr, HAS_CHUNK: tl.constexpr,
+    IEEE: tl.constexpr,
 ):
     """One program per (query block, head * batch): ``dq``, ``dq_pos`` and atomic adds of the table
     gradient (float32 ``DTAB``) over the visible key blocks. ``DIAG`` >= BLOCK_M + BLOCK_N - 1."""
@@ -329,10 +400,13 @@ def _bwd_dq_kernel(
     if not FROM_WEIGHTS:
         do = tl.load(DO + offs_m[:, None] * sdo_t + offs_dv[None, :],
                      mask=row_mask[:, None] & (offs_dv[None, :] < DV), other=0.0)
+    qp = q
+    if HAS_POS and WIDE_POS:
+        qp = _pos_queries(QP, sqp_t, offs_m, T_Q, P, P_PAD, q.dtype)
     dq = tl.zeros([BLOCK_M, D_PAD], tl.float32)
     dqp = tl.zeros([BLOCK_M, P_PAD], tl.float32)
     # Skewing a tile: output column d of row r holds tile column d + r - (BLOCK_M - 1), so that column d
-    # collects one diagonal, i.e. one table row.
+    # collects one diagonal, i.e. one table row (row d of the tile's window, see _table_window).
     diag = tl.arange(0, DIAG)
     skew = diag[None, :] + tl.arange(0, BLOCK_M)[:, None] - (BLOCK_M - 1)
     skew_ok = (skew >= 0) & (skew < BLOCK_N)
@@ -345,8 +419,8 @@ def _bwd_dq_kernel(
         col_mask = offs_n < T_K
         k = tl.load(K + offs_n[:, None] * sk_t + offs_d[None, :],
                     mask=col_mask[:, None] & (offs_d[None, :] < D), other=0.0)
-        s = _scores(q, k, offs_m, offs_n, QP, sqp_t, TAB, stab_r, stab_c, KB, skb_t, T_Q, T_K, scale,
-                    CHUNK, LEFT, P, HAS_POS, HAS_KB, HAS_CHUNK, IEEE)
+        s = _scores(q, k, qp, i0, j0, QP, sqp_t, TAB, stab_r, stab_c, KB, skb_t, T_Q, T_K, scale, CHUNK, LEFT,
+                    P, P_PAD, DIAG, BLOCK_M, BLOCK_N, HAS_POS, WIDE_POS, HAS_KB, HAS_CHUNK, IEEE)
         p = tl.exp(s - lse[:, None])
         if FROM_WEIGHTS:
             dp = tl.load(DW + offs_m[:, None].to(tl.int64) * sdw_t + offs_n[None, :],
@@ -357,7 +431,15 @@ def _bwd_dq_kernel(
             dp = _mm(do, tl.trans(v), IEEE)
         ds = p * (dp - delta[:, None])
         dq += _mm(ds.to(k.dtype), k, IEEE)
-        if HAS_POS:
+        if HAS_POS and WIDE_POS:
+            window, window_rows, window_ok = _table_window(TAB, stab_r, stab_c, i0, j0, T_Q, T_K,
+                                                           P, P_PAD, DIAG, BLOCK_M, BLOCK_N)
+            ds_window = tl.where(skew_ok, tl.gather(ds, skew, axis=1), 0.0).to(qp.dtype)  # (BLOCK_M, DIAG)
+            dqp += _mm(ds_window, window.to(qp.dtype), IEEE)
+            dwindow = _mm(tl.trans(ds_window), qp, IEEE)  # (DIAG, P_PAD)
+            tl.atomic_add(DTAB + window_rows[:, None] * sdtab_r + offs_p[None, :], dwindow,
+                          mask=window_ok[:, None] & (offs_p[None, :] < P))
+        elif HAS_POS:
             valid = row_mask[:, None] & col_mask[None, :]
             rows = offs_n[None, :] - offs_m[:, None] + (T_Q - 1)
             # Table row of skewed column d: j - i + T_Q - 1 with j - i = d - (BLOCK_M - 1) + j0 - i0.
@@ -396,13 +478,22 @@ def _pad_dim(size: int) -> int:
 # at 4 warps spill in every kernel: the table gathers hold one 64-bit pointer per score.
 _NUM_WARPS = 8
 
+# Positional dims from which the table window and tl.dot replace the loop of P gathered loads per tile
+# (module docstring). Below 16 the dot's operand would be padded to 16 columns (4x the work at
+# Zipformer's P = 4) while the loop costs only P loads per score; from 16 on the padding costs at most
+# 2x (none at 16, 32, 64) and P loads per score dominate.
+_WIDE_POS_MIN_DIM = 16
 
-def _default_blocks(head_dim: int, backward: bool) -> tuple[int, int]:
+
+def _default_blocks(head_dim: int, backward: bool, wide_pos: bool) -> tuple[int, int]:
+    """(BLOCK_M, BLOCK_N). ``head_dim``: the larger of D and, on the wide positional path, P."""
     if _interpreted():
         return 16, 16  # the interpreter's cost grows with the block area
     if _pad_dim(head_dim) > 64:
         return 16, 32
-    return (32, 32) if backward else (64, 32)
+    # The wide path's window is BLOCK_M + BLOCK_N - 1 rows padded to a power of two: 63 -> 64 at 32 x 32
+    # (a 64-column positional dot per 32 key columns) but 95 -> 128 at 64 x 32.
+    return (32, 32) if backward or wide_pos else (64, 32)
 
 
 def _last_dim_contiguous(x: Tensor) -> Tensor:
@@ -477,6 +568,7 @@ class _Problem:
         self.num_keys = num_keys
         self.value_dim = 1 if v is None else v.shape[3]
         self.pos_dim = 1 if q_pos is None else q_pos.shape[3]
+        self.wide_pos = q_pos is not None and self.pos_dim >= _WIDE_POS_MIN_DIM
         for name, block in (("block_m", block_m), ("block_n", block_n)):
             if block is not None and (block < 16 or block & (block - 1)):
                 raise ValueError(f"{name} must be a power of two >= 16, got {block}")
@@ -485,9 +577,22 @@ class _Problem:
         self.ieee = q.dtype == torch.float32
 
     def blocks(self, backward: bool) -> tuple[int, int]:
-        """(BLOCK_M, BLOCK_N): the caller's, else the defaults for this head dim and pass."""
-        default_m, default_n = _default_blocks(self.head_dim, backward)
+        """(BLOCK_M, BLOCK_N): the caller's, else the defaults for these dims and pass."""
+        widest = max(self.head_dim, self.pos_dim) if self.wide_pos else self.head_dim
+        default_m, default_n = _default_blocks(widest, backward, self.wide_pos)
         return self.block_m or default_m, self.block_n or default_n
+
+    def tile_constants(self, backward: bool) -> dict:
+        """Block sizes, padded dims and path flags shared by the kernels of one pass."""
+        block_m, block_n = self.blocks(backward)
+        return dict(
+            D=self.head_dim, P=self.pos_dim, D_PAD=_pad_dim(self.head_dim),
+            # The wide path's P is a tl.dot operand side (>= 16); the narrow path's only a dq_pos tile.
+            P_PAD=_pad_dim(self.pos_dim) if self.wide_pos else triton.next_power_of_2(self.pos_dim),
+            DIAG=triton.next_power_of_2(block_m + block_n - 1), BLOCK_M=block_m, BLOCK_N=block_n,
+            HAS_POS=self.q_pos is not None, WIDE_POS=self.wide_pos, HAS_KB=self.key_bias is not None,
+            HAS_CHUNK=self.has_chunk, IEEE=self.ieee,
+        )
 
     def common_args(self) -> tuple:
         """Pointers and strides of q, k, q_pos, the table and the key bias (dummies where absent)."""
@@ -500,12 +605,6 @@ class _Problem:
         kb_strides = kb.stride() if self.key_bias is not None else (0, 0)
         return (q, k, qp, tab, kb), (
             *q.stride()[:3], *k.stride()[:3], *qp_strides, *tab_strides, *kb_strides,
-        )
-
-    def flags(self) -> dict:
-        return dict(
-            HAS_POS=self.q_pos is not None, HAS_KB=self.key_bias is not None, HAS_CHUNK=self.has_chunk,
-            IEEE=self.ieee,
         )
 
     def lse_buffer(self) -> Tensor:
@@ -521,16 +620,15 @@ def _forward(pb: _Problem, with_values: bool) -> tuple[Tensor | None, Tensor]:
     out = (torch.empty((pb.num_heads, pb.batch_size, pb.num_queries, pb.value_dim), device=q.device, dtype=v.dtype)
            if with_values else q)
     lse = pb.lse_buffer()
-    block_m, block_n = pb.blocks(backward=False)
-    grid = (triton.cdiv(pb.num_queries, block_m), pb.num_heads * pb.batch_size)
+    tiles = pb.tile_constants(backward=False)
+    grid = (triton.cdiv(pb.num_queries, tiles["BLOCK_M"]), pb.num_heads * pb.batch_size)
     _fwd_kernel[grid](
         q, k, v, qp, tab, kb, out, lse,
         sq_h, sq_n, sq_t, sk_h, sk_n, sk_t, *(v.stride()[:3] if with_values else (0, 0, 0)),
         sqp_h, sqp_n, sqp_t, stab_h, stab_r, stab_c, skb_n, skb_t,
         *(out.stride()[:3] if with_values else (0, 0, 0)),
         pb.batch_size, pb.num_queries, pb.num_keys, pb.scale, pb.chunk_size, pb.left_chunks,
-        D=pb.head_dim, DV=pb.value_dim, P=pb.pos_dim, D_PAD=_pad_dim(pb.head_dim), DV_PAD=_pad_dim(pb.value_dim),
-        BLOCK_M=block_m, BLOCK_N=block_n, HAS_V=with_values, **pb.flags(), num_warps=_NUM_WARPS,
+        DV=pb.value_dim, DV_PAD=_pad_dim(pb.value_dim), HAS_V=with_values, **tiles, num_warps=_NUM_WARPS,
     )
     return (out if with_values else None), lse
 
@@ -541,16 +639,15 @@ def _weights(pb: _Problem, lse: Tensor) -> Tensor:
     weights = torch.empty(
         (pb.num_heads, pb.batch_size, pb.num_queries, pb.num_keys), device=q.device, dtype=q.dtype
     )
-    block_m, block_n = pb.blocks(backward=False)
-    num_key_blocks = triton.cdiv(pb.num_keys, block_n)
-    grid = (triton.cdiv(pb.num_queries, block_m) * num_key_blocks, pb.num_heads * pb.batch_size)
+    tiles = pb.tile_constants(backward=False)
+    num_key_blocks = triton.cdiv(pb.num_keys, tiles["BLOCK_N"])
+    grid = (triton.cdiv(pb.num_queries, tiles["BLOCK_M"]) * num_key_blocks, pb.num_heads * pb.batch_size)
     _weights_kernel[grid](
         q, k, qp, tab, kb, lse, weights,
         sq_h, sq_n, sq_t, sk_h, sk_n, sk_t, sqp_h, sqp_n, sqp_t, stab_h, stab_r, stab_c, skb_n, skb_t,
         *weights.stride()[:3],
         pb.batch_size, pb.num_queries, pb.num_keys, pb.scale, pb.chunk_size, pb.left_chunks, num_key_blocks,
-        D=pb.head_dim, P=pb.pos_dim, D_PAD=_pad_dim(pb.head_dim), BLOCK_M=block_m, BLOCK_N=block_n,
-        **pb.flags(), num_warps=_NUM_WARPS,
+        **tiles, num_warps=_NUM_WARPS,
     )
     return weights
 
@@ -574,10 +671,10 @@ def _backward(
     v_strides = (0, 0, 0) if from_weights else v.stride()[:3]
     do_strides = (0, 0, 0) if from_weights else do.stride()[:3]
     dw_strides = dw.stride()[:3] if from_weights else (0, 0, 0)
-    block_m, block_n = pb.blocks(backward=True)
+    tiles = pb.tile_constants(backward=True)
+    block_m, block_n = tiles["BLOCK_M"], tiles["BLOCK_N"]
     sizes = dict(
-        D=pb.head_dim, DV=pb.value_dim, P=pb.pos_dim, D_PAD=_pad_dim(pb.head_dim), DV_PAD=_pad_dim(pb.value_dim),
-        BLOCK_M=block_m, BLOCK_N=block_n, FROM_WEIGHTS=from_weights, **pb.flags(), num_warps=_NUM_WARPS,
+        DV=pb.value_dim, DV_PAD=_pad_dim(pb.value_dim), FROM_WEIGHTS=from_weights, **tiles, num_warps=_NUM_WARPS,
     )
     scalars = (pb.batch_size, pb.num_queries, pb.num_keys, pb.scale, pb.chunk_size, pb.left_chunks)
     head_batch = pb.num_heads * pb.batch_size
@@ -594,8 +691,7 @@ def _backward(
         q, k, v, qp, tab, kb, do, dw, lse, delta, dq, dqp, dtab,
         *inputs_and_strides, *dq.stride()[:3], *(dqp.stride()[:3] if has_pos else (0, 0, 0)),
         *(dtab.stride()[:2] if has_pos else (0, 0)),
-        *scalars, P_PAD=triton.next_power_of_2(pb.pos_dim),
-        DIAG=triton.next_power_of_2(block_m + block_n - 1), **sizes,
+        *scalars, **sizes,
     )
     return (
         dq,
