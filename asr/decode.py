@@ -2,8 +2,11 @@
 
 Audio files of any sample rate (wav, flac, ogg, mp3 where libsndfile reads it) are resampled to
 16 kHz; a file that cannot be read is reported by name and the others are still decoded. With
-``--cuts`` the references are scored: ``R/hyps.txt``, ``R/errs.txt`` and a final WER line.
-``--chunk-size`` runs a causal model chunk by chunk through its streaming forward.
+``--cuts`` the references are scored: ``R/hyps.txt``, ``R/refs.txt``, ``R/errs.txt`` and a final
+``WER ...`` line, or ``CER ...`` when scoring characters: the default for a model with a character
+table (Mandarin transcripts have no spaces to split words at), forced either way by
+``--chars`` / ``--no-chars``. ``--chunk-size`` runs a causal model chunk by chunk through its
+streaming forward.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import torch
 
 from asr.data.audio import AudioError, load_audio
 from asr.data.features import compute_fbank, make_fbank_extractor
-from asr.data.tokenizer import Tokenizer, load_tokenizer
+from asr.data.tokenizer import CharTokenizer, Tokenizer, load_tokenizer
 from asr.decoding import (
     Hypothesis,
     ctc_greedy_search,
@@ -203,6 +206,16 @@ def search(
     return ctc_prefix_beam_search(log_probs, enc_lens, beam=beam)
 
 
+def scoring_unit(tokenizer: Tokenizer, chars: bool | None = None) -> str:
+    """What references are scored by: ``"char"`` or ``"word"`` (:func:`asr.wer.compute_wer`'s ``unit``).
+
+    ``chars`` forces it; None means characters for a character-table tokenizer, words otherwise.
+    """
+    if chars is None:
+        chars = isinstance(tokenizer, CharTokenizer)
+    return "char" if chars else "word"
+
+
 @dataclass
 class DecodeResult:
     hypotheses: dict[str, str]
@@ -265,7 +278,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--chunk-size", type=int, default=None, help="streaming chunk, in 50 Hz frames")
     parser.add_argument("--left-context-frames", type=int, default=None)
     parser.add_argument("--lang-dir", default=None, help="tokenizer dir (default: the one in the checkpoint)")
-    parser.add_argument("--results-dir", default=None, help="with --cuts: where hyps.txt and errs.txt go")
+    parser.add_argument("--results-dir", default=None,
+                        help="with --cuts: where hyps.txt, refs.txt and errs.txt go")
+    parser.add_argument("--chars", action=argparse.BooleanOptionalAction, default=None,
+                        help="with --cuts: score characters (CER) or words (WER); "
+                             "default: characters when the model's tokenizer is a character table")
     parser.add_argument("--average-from", default=None,
                         help="an earlier checkpoint of the same run: decode the model averaged since then")
     parser.add_argument("--max-frames", type=int, default=30000, help="frames per padded batch")
@@ -298,10 +315,10 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint_dir = Path(args.checkpoint) if Path(args.checkpoint).is_dir() else Path(args.checkpoint).parent
         results_dir = Path(args.results_dir or checkpoint_dir / f"decode-{args.method}")
         results_dir.mkdir(parents=True, exist_ok=True)
-        with open(results_dir / "hyps.txt", "w") as f:
-            for uid, text in result.hypotheses.items():
-                f.write(f"{uid}\t{text}\n")
-        wer = compute_wer(result.references, result.hypotheses)
+        for name, texts in (("hyps.txt", result.hypotheses), ("refs.txt", result.references)):
+            with open(results_dir / name, "w", encoding="utf-8") as f:
+                f.writelines(f"{uid}\t{text}\n" for uid, text in texts.items())
+        wer = compute_wer(result.references, result.hypotheses, unit=scoring_unit(tokenizer, args.chars))
         write_error_stats(results_dir / "errs.txt", wer)
         print(wer.summary_line())
     if errors:

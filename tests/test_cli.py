@@ -39,3 +39,112 @@ def test_unknown_command_is_an_error(capsys):
 def test_console_script_runs():
     result = subprocess.run([sys.executable, "-m", "asr", "--help"], capture_output=True, text=True, check=True)
     assert "data" in result.stdout
+
+
+def test_train_print_config_needs_no_paths(capsys):
+    import json
+
+    from asr.training.cli import PRESETS
+
+    assert cli.main(["train", "--preset", "aishell", "--print-config", "--num-epochs", "3"]) == 0
+    config = json.loads(capsys.readouterr().out)
+    assert config["exp_dir"] is None and config["train_cuts"] is None and config["lang_dir"] is None
+    for name, value in PRESETS["aishell"].items():
+        if name != "num_epochs":
+            assert config[name] == value, name
+    assert config["num_epochs"] == 3  # the command line overrides the preset
+    # Training itself still needs them, and names the missing ones.
+    try:
+        cli.main(["train", "--preset", "aishell", "--exp-dir", "exp"])
+    except SystemExit as e:
+        assert str(e) == "asr train: missing required options: --train-cuts --lang-dir"
+    else:
+        raise AssertionError("asr train ran without --train-cuts and --lang-dir")
+
+
+def _char_model_and_cuts(tmp_path):
+    """A randomly initialised tiny transducer + CTC model whose tokenizer is a character table, saved
+    with the table, and a CutSet of three noise clips with Mandarin references (words space-separated)."""
+    import numpy as np
+    import soundfile
+    import torch
+    from lhotse import CutSet, Recording, SupervisionSegment
+
+    from asr.data.tokenizer import build_char_tokenizer
+    from asr.models import build_model
+    from asr.models.build import save_model
+
+    texts = {"u1": "今天 天气 很好", "u2": "我们 去 公园", "u3": "你好"}
+    build_char_tokenizer(texts.values(), tmp_path / "lang_char")
+    tokens_txt = (tmp_path / "lang_char" / "tokens.txt").read_bytes()
+    torch.manual_seed(0)
+    model = build_model("zipformer-xs", 3 + 11, encoder_kwargs={"num_encoder_layers": [1] * 6})
+    save_model(tmp_path / "model.pt", model, extra={"tokenizer": {"tokens.txt": tokens_txt}})
+    rng = np.random.default_rng(0)
+    cuts = []
+    for uid, text in texts.items():
+        wav = tmp_path / f"{uid}.wav"
+        soundfile.write(wav, rng.normal(0, 0.1, 16000).astype(np.float32), 16000)
+        cut = Recording.from_file(wav, recording_id=uid).to_cut()
+        cut.supervisions = [SupervisionSegment(uid, uid, start=0, duration=cut.duration, text=text)]
+        cuts.append(cut)
+    CutSet.from_cuts(cuts).to_file(tmp_path / "cuts.jsonl.gz")
+    return tmp_path / "model.pt", tmp_path / "cuts.jsonl.gz", texts
+
+
+def test_decode_scores_characters_for_a_character_table_model(tmp_path, capsys):
+    import re
+
+    import kaldialign
+
+    checkpoint, cuts, refs = _char_model_and_cuts(tmp_path)
+    line = re.compile(r"^(CER|WER) (\d+\.\d\d)% \[(\d+) / (\d+), (\d+) ins, (\d+) del, (\d+) sub\]$")
+
+    def run(results: str, *options: str) -> tuple[re.Match, dict[str, str]]:
+        argv = ["decode", "--checkpoint", str(checkpoint), "--cuts", str(cuts), "--results-dir",
+                str(tmp_path / results), *options]
+        assert cli.main(argv) == 0
+        summary = line.match(capsys.readouterr().out.splitlines()[-1])
+        assert summary is not None
+        hyps = dict((row.split("\t") + [""])[:2] for row in (tmp_path / results / "hyps.txt").read_text().splitlines())
+        assert (tmp_path / results / "refs.txt").read_text(encoding="utf-8") == "".join(
+            f"{k}\t{v}\n" for k, v in refs.items()
+        )
+        assert (tmp_path / results / "errs.txt").read_text(encoding="utf-8").splitlines()[0] == summary.group(0)
+        return summary, hyps
+
+    def expected(hyps: dict[str, str], split) -> tuple[int, ...]:
+        """(errors, reference units, ins, del, sub) from kaldialign directly."""
+        stats = [kaldialign.edit_distance(split(refs[k]), split(hyps[k])) for k in refs]
+        return (sum(s["total"] for s in stats), sum(len(split(t)) for t in refs.values()),
+                *(sum(s[kind] for s in stats) for kind in ("ins", "del", "sub")))
+
+    def chars(text: str) -> list[str]:
+        return [c for c in text if not c.isspace()]
+
+    def counts(summary: re.Match) -> tuple[int, ...]:
+        return tuple(int(summary.group(i)) for i in range(3, 8))
+
+    # Transducer greedy (this random model inserts) and CTC greedy (it deletes): scored by character.
+    for method in ("greedy", "ctc_greedy"):
+        summary, hyps = run(method, "--method", method)
+        assert summary.group(1) == "CER" and any(hyps.values())
+        assert counts(summary) == expected(hyps, chars)
+        assert counts(summary)[1] == 13  # 13 characters, spaces not counted
+        assert float(summary.group(2)) == round(100 * counts(summary)[0] / 13, 2)
+    # --no-chars: the same hypotheses scored by word (a sentence of Mandarin words is 1-3 "words").
+    summary, hyps = run("words", "--method", "ctc_greedy", "--no-chars")
+    assert summary.group(1) == "WER" and counts(summary) == expected(hyps, str.split)
+    assert counts(summary)[1] == 7
+
+
+def test_decode_scoring_unit_follows_the_tokenizer_unless_forced(tmp_path):
+    from asr.data.tokenizer import build_char_tokenizer, train_bpe
+    from asr.decode import scoring_unit
+
+    char_table = build_char_tokenizer(["你好"], tmp_path / "chars")
+    text = tmp_path / "text.txt"
+    text.write_text("HELLO WORLD\nTHE CAT SAT ON THE MAT\n")
+    bpe = train_bpe(text, tmp_path / "bpe", vocab_size=18)
+    assert [scoring_unit(char_table, c) for c in (None, True, False)] == ["char", "char", "word"]
+    assert [scoring_unit(bpe, c) for c in (None, True, False)] == ["word", "char", "word"]

@@ -1,9 +1,9 @@
-"""Training end to end on a tiny espeak corpus: checkpoints, exact resume after a kill, decode."""
+"""Training end to end on a tiny espeak corpus (skipped without espeak-ng): checkpoints, exact resume
+after a kill, decode; and the errors for cuts files that leave nothing to train or validate on."""
 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -14,8 +14,6 @@ import pytest
 import torch
 
 from asr.training import checkpoint as ckpt
-
-pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -129,3 +127,65 @@ def test_average_checkpoints_tool_is_the_elementwise_mean_and_decodes(corpus, tm
         env=ENV, capture_output=True, text=True, check=True,
     )
     assert result.stdout.splitlines()[-1].startswith("WER ")
+
+
+def _write_cuts(path: Path, clips: list[tuple[float, str]]) -> Path:
+    """A CutSet of silent clips ``(seconds, transcript)`` at 16 kHz."""
+    import numpy as np
+    import soundfile
+    from lhotse import CutSet, Recording, SupervisionSegment
+
+    cuts = []
+    for i, (seconds, text) in enumerate(clips):
+        wav = path.parent / f"{path.name.split('.')[0]}-{i}.wav"
+        soundfile.write(wav, np.zeros(int(seconds * 16000), dtype=np.float32), 16000)
+        cut = Recording.from_file(wav, recording_id=wav.stem).to_cut()
+        cut.supervisions = [SupervisionSegment(wav.stem, wav.stem, start=0, duration=cut.duration, text=text)]
+        cuts.append(cut)
+    CutSet.from_cuts(cuts).to_file(path)
+    return path
+
+
+@pytest.fixture
+def char_lang(tmp_path) -> Path:
+    from asr.data.tokenizer import build_char_tokenizer
+
+    build_char_tokenizer(["你好世界"], tmp_path / "lang_char")
+    return tmp_path / "lang_char"
+
+
+def _train(tmp_path: Path, lang: Path, train_cuts: Path, *extra: str) -> int:
+    from asr.training.cli import main
+
+    return main([
+        "--train-cuts", str(train_cuts), "--lang-dir", str(lang), "--exp-dir", str(tmp_path / "exp"),
+        "--encoder-kwargs", '{"num_encoder_layers": [1, 1, 1, 1, 1, 1]}', "--num-epochs", "1",
+        "--num-workers", "0", "--device", "cpu", *extra,
+    ])
+
+
+# A zipformer keeps ((T - 7) // 2 + 1) // 2 frames of T fbank frames: 0.05 s (5 frames) leaves none,
+# 0.3 s (30) leaves 6, fewer than the 8 characters of "你好世界你好世界".
+UNUSABLE = [(0.05, "你好"), (0.3, "你好世界你好世界"), (1.0, "你好吗"), (0.04, "世界")]
+
+
+def test_training_cuts_that_all_get_filtered_are_an_error_naming_the_file_and_reasons(tmp_path, char_lang, capsys):
+    train_cuts = _write_cuts(tmp_path / "train.jsonl.gz", UNUSABLE)
+    assert _train(tmp_path, char_lang, train_cuts) == 1
+    err = capsys.readouterr().err
+    assert f"asr train: no usable training cuts in {train_cuts}: kept 0 of 4 cuts: 2 too short, " \
+           "1 too many tokens, 1 unknown symbols." in err
+    assert "under 9 fbank frames, 0.09 s" in err and str(char_lang / "tokens.txt") in err
+    assert not list((tmp_path / "exp").glob("*.pt"))
+
+
+def test_an_empty_training_or_validation_set_is_an_error(tmp_path, char_lang, capsys):
+    good = _write_cuts(tmp_path / "good.jsonl.gz", [(1.0, "你好"), (1.0, "世界")])
+    empty = _write_cuts(tmp_path / "empty.jsonl.gz", [])
+    assert _train(tmp_path, char_lang, empty) == 1
+    assert f"asr train: the training cuts file {empty} holds no cuts" in capsys.readouterr().err
+
+    valid = _write_cuts(tmp_path / "valid.jsonl.gz", UNUSABLE[:1])
+    assert _train(tmp_path, char_lang, good, "--valid-cuts", str(valid)) == 1
+    assert f"asr train: no usable validation cuts in {valid}: kept 0 of 1 cuts: 1 too short," in capsys.readouterr().err
+    assert not list((tmp_path / "exp").glob("*.pt"))

@@ -46,6 +46,8 @@ class ConformerConfig:
 
 
 PRESETS: dict[str, ConformerConfig] = {
+    # ~5.1M parameters: zipformer-xs's size, for the CPU recipe's encoder comparison.
+    "conformer-xs": ConformerConfig(encoder_dim=144, num_layers=9, num_heads=4, feedforward_dim=576),
     "conformer-small": ConformerConfig(encoder_dim=256, num_layers=13, num_heads=4, feedforward_dim=1024),
     "conformer-medium": ConformerConfig(encoder_dim=384, num_layers=17, num_heads=6, feedforward_dim=1536),
     "conformer-large": ConformerConfig(encoder_dim=512, num_layers=22, num_heads=8, feedforward_dim=2048),

@@ -49,6 +49,8 @@ class EfficientConformerConfig:
 
 
 PRESETS: dict[str, EfficientConformerConfig] = {
+    # ~5.3M parameters: zipformer-xs's size, for the CPU recipe's encoder comparison.
+    "efficient-conformer-xs": EfficientConformerConfig((96, 144, 192), (2, 3, 3), num_heads=4),
     "efficient-conformer-small": EfficientConformerConfig((120, 168, 240), (5, 5, 5), num_heads=4),
     "efficient-conformer-medium": EfficientConformerConfig((180, 256, 360), (5, 6, 5), num_heads=4),
     "efficient-conformer-large": EfficientConformerConfig((360, 512, 720), (5, 6, 5), num_heads=8),

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import sys
 from typing import Any
 
 from asr.training.trainer import TrainConfig
@@ -60,28 +61,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def resolve_config(args: argparse.Namespace) -> TrainConfig:
+def resolve_config(args: argparse.Namespace, require_paths: bool = True) -> TrainConfig:
+    """The preset overridden by the options given. Without ``require_paths`` (``--print-config``) the
+    required paths may be missing and are left None."""
     values: dict[str, Any] = dict(PRESETS.get(args.preset, {}))
     for f in dataclasses.fields(TrainConfig):
         given = getattr(args, f.name)
         if given is not None:
             values[f.name] = given
-    missing = [_flag(name) for name in _REQUIRED if name not in values]
-    if missing:
-        raise SystemExit(f"asr train: missing required options: {' '.join(missing)}")
-    return TrainConfig.from_dict(values)
+    missing = [name for name in _REQUIRED if name not in values]
+    if missing and require_paths:
+        raise SystemExit(f"asr train: missing required options: {' '.join(map(_flag, missing))}")
+    return TrainConfig.from_dict({**dict.fromkeys(missing), **values})
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    config = resolve_config(args)
+    config = resolve_config(args, require_paths=not args.print_config)
     if args.print_config:
         print(json.dumps(dataclasses.asdict(config), indent=2))
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from asr.training.trainer import train
+    from asr.training.trainer import TrainingDataError, train
 
-    state = train(config)
+    try:
+        state = train(config)
+    except TrainingDataError as e:
+        print(f"asr train: {e}", file=sys.stderr)
+        return 1
     if state.epoch <= config.num_epochs:  # the time budget ran out first
         print(f"stopped in epoch {state.epoch} (time budget), {state.batch_idx_train} batches, "
               f"{state.skipped_batches} skipped")

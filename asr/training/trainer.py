@@ -19,17 +19,20 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
-from asr.data.tokenizer import load_tokenizer
+from asr.data.tokenizer import Tokenizer, load_tokenizer
 from asr.models import AsrModel, build_model
 from asr.optim import Eden, ScaledAdam
 from asr.training import checkpoint as ckpt
 from asr.training import distributed as dist_utils
+
+if TYPE_CHECKING:
+    from lhotse import CutSet
 
 log = logging.getLogger("asr.train")
 
@@ -417,6 +420,39 @@ def train(config: TrainConfig) -> TrainState:
     return Trainer(config).fit()
 
 
+class TrainingDataError(ValueError):
+    """A cuts file leaves nothing to train or validate on; the message names the file and says why."""
+
+
+def load_usable_cuts(path: str, role: str, tokenizer: Tokenizer, output_frames: Callable[[int], int]) -> CutSet:
+    """The cuts of ``path`` that training can use (:func:`asr.data.datamodule.filter_cuts`);
+    ``output_frames`` maps fbank frames to encoder output frames, ``role`` names the set in errors.
+
+    Raises :class:`TrainingDataError` when none is left, with the number dropped for each reason,
+    rather than letting an epoch of zero batches pass for a finished run.
+    """
+    from lhotse import load_manifest
+
+    from asr.data.datamodule import CutFilter, filter_cuts
+
+    cuts = load_manifest(path)
+    kept = filter_cuts(cuts, tokenizer, output_frames)
+    if next(iter(kept), None) is not None:
+        return kept
+    if next(iter(cuts), None) is None:
+        raise TrainingDataError(f"the {role} cuts file {path} holds no cuts")
+    # Only on this error path: count the reasons again, since filter_cuts only logs them.
+    counts = CutFilter(tokenizer, output_frames).count(cuts)
+    min_frames = next((t for t in range(1, 100_000) if output_frames(t) >= 1), None)
+    shortest = f" (under {min_frames} fbank frames, {min_frames / 100:.2f} s)" if min_frames else ""
+    raise TrainingDataError(
+        f"no usable {role} cuts in {path}: {counts.summary()}. A cut is too short when the encoder's "
+        f"subsampling leaves it no output frame{shortest}; has too many tokens when its transcript has more "
+        f"tokens than the encoder has output frames for it; has unknown symbols when its transcript holds "
+        f"symbols missing from {tokenizer.source}"
+    )
+
+
 class TrainingData:
     """The train and valid loaders of a run, with the batch order of each epoch fixed by the seed.
 
@@ -428,7 +464,7 @@ class TrainingData:
     def __init__(self, config: TrainConfig, tokenizer, world: dist_utils.World, output_frames):
         from lhotse import load_manifest
 
-        from asr.data.datamodule import AsrDataModule, DataConfig, filter_cuts
+        from asr.data.datamodule import AsrDataModule, DataConfig
 
         data_config = DataConfig(
             max_duration=config.max_duration,
@@ -440,9 +476,9 @@ class TrainingData:
         noise_cuts = load_manifest(config.noise_cuts) if config.noise_cuts else None
         self.seed = config.seed
         self.module = AsrDataModule(data_config, tokenizer, noise_cuts, world_size=world.size, rank=world.rank)
-        self.train_cuts = filter_cuts(load_manifest(config.train_cuts), tokenizer, output_frames)
+        self.train_cuts = load_usable_cuts(config.train_cuts, "training", tokenizer, output_frames)
         self.valid_cuts = (
-            filter_cuts(load_manifest(config.valid_cuts), tokenizer, output_frames) if config.valid_cuts else None
+            load_usable_cuts(config.valid_cuts, "validation", tokenizer, output_frames) if config.valid_cuts else None
         )
 
     def train_batches(self, epoch: int, skip: int = 0):

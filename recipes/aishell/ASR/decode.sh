@@ -2,9 +2,9 @@
 # AISHELL-1 decoding of a model trained by train.sh, scored by character error rate (CER). Stages:
 #   0  the checkpoint to decode: epoch-$epoch.pt, averaged over the last $avg epochs (icefall's
 #      --epoch/--avg; with --use-averaged-model, the running average between two epoch checkpoints)
-#   1  asr decode of each --test-sets part -> $exp_dir/decode-$method/<set>/{hyps.txt,errs.txt},
-#      then a table of the CER per test set (also in $exp_dir/decode-$method/cer-summary.txt); asr decode's
-#      word scoring is replaced by asr wer --chars (AISHELL transcripts have no spaces)
+#   1  asr decode --chars of each --test-sets part -> $exp_dir/decode-$method/<set>/{hyps.txt,refs.txt,errs.txt},
+#      scored by character (AISHELL transcripts have no spaces between words), then a table of the CER
+#      per test set (also in $exp_dir/decode-$method/cer-summary.txt)
 # Anything after `--` goes to `asr decode` unchanged, e.g. `decode.sh -- --max-frames 20000`.
 set -euo pipefail
 
@@ -167,19 +167,11 @@ if [ "$stage" -le 1 ] && [ "$stop_stage" -ge 1 ]; then
     dir=$results_dir/$part
     mkdir -p "$dir"
     log "Stage 1: decode $part with $method${streaming[*]:+ ${streaming[*]}} ($described) -> $dir"
-    # stdout is one '<id>\t<hyp>' line per utterance, then a WER line, which treats a whole
-    # (space-less) sentence as one word: the references are scored again by character below.
+    # stdout is one '<id>\t<hyp>' line per utterance, then the CER line
     asr decode --checkpoint "$decode_checkpoint" "${average_from[@]}" \
-      --cuts "$fbank_dir/aishell_cuts_$part.jsonl.gz" --method "$asr_method" --beam "$beam_size" \
+      --cuts "$fbank_dir/aishell_cuts_$part.jsonl.gz" --method "$asr_method" --beam "$beam_size" --chars \
       "${streaming[@]}" --results-dir "$dir" "${extra_args[@]}" >"$dir/decode.log"
-    python -c '
-import sys
-from lhotse import load_manifest_lazy
-for cut in load_manifest_lazy(sys.argv[1]):
-    print(cut.id, " ".join(s.text for s in cut.supervisions if s.text), sep="\t")
-' "$fbank_dir/aishell_cuts_$part.jsonl.gz" >"$dir/refs.txt"
-    asr wer --chars --errs "$dir/errs.txt" "$dir/refs.txt" "$dir/hyps.txt" >"$dir/cer.log"
-    summary+=("$(printf '%-12s %s' "$part" "$(tail -n 1 "$dir/cer.log")")")
+    summary+=("$(printf '%-12s %s' "$part" "$(tail -n 1 "$dir/decode.log")")")
   done
   {
     echo "CER per test set: $method$suffix, $described"
