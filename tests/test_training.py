@@ -3,6 +3,7 @@ after a kill, decode; and the errors for cuts files that leave nothing to train 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -127,6 +128,26 @@ def test_average_checkpoints_tool_is_the_elementwise_mean_and_decodes(corpus, tm
         env=ENV, capture_output=True, text=True, check=True,
     )
     assert result.stdout.splitlines()[-1].startswith("WER ")
+
+    # tools/training_curve.py scores each checkpoint as `asr decode` does, and places it in time.
+    spec = importlib.util.spec_from_file_location("training_curve", Path(__file__).parents[1] / "tools" /
+                                                  "training_curve.py")
+    curve = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(curve)
+    curve_json = tmp_path / "curve.json"
+    batch = int(second.stem.split("-")[1])
+    assert curve.main(["--exp-dir", str(exp_dir), "--cuts", str(corpus["test"]), "--batches", str(batch),
+                       "--json", str(curve_json)]) == 0
+    (row,) = json.loads(curve_json.read_text())["rows"]
+    decoded = subprocess.run(
+        asr_command("decode", "--checkpoint", str(second), "--cuts", str(corpus["test"]), "--results-dir",
+                    str(tmp_path / "r2")),
+        env=ENV, capture_output=True, text=True, check=True,
+    ).stdout.splitlines()[-1]
+    assert decoded.startswith(f"WER {100 * row['wer']:.2f}% [{row['errors']} / {row['words']},")
+    assert row["batch"] == batch and row["epoch"] == 1
+    started = min(int(p.name.split(".")[3]) for p in (exp_dir / "tensorboard").iterdir())
+    assert row["minutes"] == round((second.stat().st_mtime - started) / 60, 1) >= 0
 
 
 def _write_cuts(path: Path, clips: list[tuple[float, str]]) -> Path:

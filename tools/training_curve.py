@@ -1,0 +1,89 @@
+#!/usr/bin/env python3
+"""WER against training time: decode checkpoints of an ``asr train`` run on a CutSet.
+
+    python tools/training_curve.py --exp-dir exp/synth --cuts data/synth/fbank/synth_cuts_test.jsonl.gz \
+        [--batches 500 1000 1500] [--every 500] [--json curve.json]
+
+For each chosen ``checkpoint-<batch>.pt`` it prints the batch, the epoch, the wall-clock minutes since the
+run started (the checkpoint file's time against the creation time in the first tensorboard event file's
+name, so a resumed run counts the pause too) and the WER of greedy search (or ``--method``). The minutes are
+those of the machine and load the run had; report them with that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+import torch
+
+from asr.decode import decode, load_checkpoint_for_decoding, utterances_from_cuts
+from asr.training import checkpoint as ckpt
+from asr.wer import compute_wer
+
+
+def run_start(exp_dir: Path) -> float:
+    """Seconds since the epoch at which the run wrote its first tensorboard event file."""
+    stamps = []
+    for path in (exp_dir / "tensorboard").glob("events.out.tfevents.*"):
+        match = re.match(r"events\.out\.tfevents\.(\d+)\.", path.name)
+        if match:
+            stamps.append(int(match.group(1)))
+    if not stamps:
+        raise SystemExit(f"training_curve.py: no tensorboard event file under {exp_dir / 'tensorboard'}")
+    return float(min(stamps))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--exp-dir", required=True, type=Path)
+    parser.add_argument("--cuts", required=True)
+    parser.add_argument("--batches", type=int, nargs="*", default=None, help="checkpoints to decode (batch numbers)")
+    parser.add_argument("--every", type=int, default=None, help="decode every checkpoint whose batch is a multiple")
+    parser.add_argument("--method", default="greedy")
+    parser.add_argument("--num-threads", type=int, default=None)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+
+    available = {int(p.stem.split("-")[1]): p for p in ckpt.batch_checkpoints(args.exp_dir)}
+    if not available:
+        raise SystemExit(f"training_curve.py: no checkpoint-<batch>.pt in {args.exp_dir}")
+    chosen = sorted(available)
+    if args.batches:
+        missing = sorted(set(args.batches) - set(available))
+        if missing:
+            raise SystemExit(f"training_curve.py: no checkpoint for batches {missing} in {args.exp_dir}")
+        chosen = sorted(args.batches)
+    elif args.every:
+        chosen = [b for b in chosen if b % args.every == 0]
+    start = run_start(args.exp_dir)
+
+    rows = []
+    print(f"{'batch':>6} {'epoch':>5} {'minutes':>7}  WER")
+    for batch in chosen:
+        path = available[batch]
+        epoch = ckpt.load(path)["state"]["epoch"]
+        model, tokenizer = load_checkpoint_for_decoding(path)
+        model.eval()
+        errors: list[str] = []
+        result = decode(model, tokenizer, utterances_from_cuts(args.cuts, errors), method=args.method,
+                        errors=errors)
+        wer = compute_wer(result.references, result.hypotheses)
+        minutes = (path.stat().st_mtime - start) / 60
+        rows.append({"batch": batch, "epoch": epoch, "minutes": round(minutes, 1), "wer": wer.wer,
+                     "errors": wer.errors, "words": wer.ref_words})
+        print(f"{batch:>6} {epoch:>5} {minutes:>7.1f}  {wer.summary_line()}", flush=True)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"exp_dir": str(args.exp_dir), "cuts": args.cuts, "method": args.method,
+                                         "rows": rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
