@@ -173,14 +173,36 @@ def batches(utterances: Iterable[Utterance], max_frames: int) -> Iterator[list[U
         yield batch
 
 
+def full_context_settings(encoder: torch.nn.Module) -> dict[str, int]:
+    """The attribute values that make a causal encoder attend with no chunk and no context limit."""
+    if hasattr(encoder, "left_context_frames"):  # Zipformer, Conformer
+        return {"chunk_size": -1, "left_context_frames": -1}
+    if hasattr(encoder, "right_context"):  # the Transformer-Transducer's audio encoder
+        return {"chunk_size": 0, "left_context": -1, "right_context": -1}
+    return {}
+
+
 def encode(
     model: AsrModel, features: torch.Tensor, feature_lens: torch.Tensor, chunk_size: int | None,
     left_context_frames: int | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Encoder output of a padded batch; with ``chunk_size``, chunk by chunk through the streaming forward."""
-    if chunk_size is None:
-        return model.encode(features, feature_lens)
+    """Encoder output of a padded batch; with ``chunk_size``, chunk by chunk through the streaming forward.
+
+    Without ``chunk_size`` a causal model is run with full context (no chunk mask, unlimited left
+    context), the offline decode its streaming decode is compared with; its own ``chunk_size`` /
+    ``left_context_frames`` attributes are restored afterwards.
+    """
     encoder = model.encoder
+    if chunk_size is None:
+        full_context = full_context_settings(encoder) if getattr(encoder, "causal", False) else {}
+        saved = {name: getattr(encoder, name) for name in full_context}
+        for name, value in full_context.items():
+            setattr(encoder, name, value)
+        try:
+            return model.encode(features, feature_lens)
+        finally:
+            for name, value in saved.items():
+                setattr(encoder, name, value)
     if not is_streaming_encoder(encoder):
         raise ValueError(f"--chunk-size needs a causal (streaming) model; this {type(encoder).__name__} is not one")
     encoder.chunk_size = chunk_size

@@ -52,3 +52,35 @@ def test_offline_encoder_is_rejected():
     encoder = build_encoder("zipformer-xs", num_encoder_layers=(1, 1, 1, 1, 1, 1))
     with pytest.raises(ValueError, match="causal=True"):
         simulate_streaming(encoder, torch.zeros(1, 100, 80), torch.tensor([100]))
+
+
+@pytest.mark.parametrize("encoder_name, kwargs", [
+    ("zipformer-xs", {"num_encoder_layers": (1, 1, 1, 1, 1, 1), "chunk_size": 16, "left_context_frames": 64}),
+    ("conformer-xs", {"num_layers": 2, "chunk_size": 4, "left_context_frames": 8}),
+    ("transformer-transducer-small", {"num_layers": 2}),
+])
+def test_decode_without_chunk_size_runs_a_causal_model_with_full_context(encoder_name, kwargs):
+    """`asr decode` without --chunk-size: a causal model attends to everything (equal to the same weights
+    built non-causal where the architecture is then identical), and its streaming settings survive."""
+    from asr.decode import encode, full_context_settings
+    from asr.models import build_model
+
+    torch.manual_seed(0)
+    causal = build_model(encoder_name, 40, heads=("ctc",), causal=True, encoder_kwargs=kwargs).eval()
+    before = {name: getattr(causal.encoder, name) for name in full_context_settings(causal.encoder)}
+    assert before, "no context settings found for this encoder"
+    x = torch.randn(2, 157, 80)
+    lens = torch.tensor([157, 120])
+    x[1, 120:] = LOG_EPS
+    with torch.no_grad():
+        full, full_lens = encode(causal, x, lens, None, None)
+        masked, _ = causal.encode(x, lens)  # the encoder's own (limited) context
+    assert {name: getattr(causal.encoder, name) for name in before} == before
+    # Reference: the same computation with the limits lifted by hand.
+    for name, value in full_context_settings(causal.encoder).items():
+        setattr(causal.encoder, name, value)
+    with torch.no_grad():
+        reference, reference_lens = causal.encode(x, lens)
+    assert torch.equal(full_lens, reference_lens)
+    torch.testing.assert_close(full, reference, atol=0, rtol=0)
+    assert not torch.allclose(full[0, : full_lens[0]], masked[0, : full_lens[0]], atol=1e-4)
