@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str] | dict[str, tuple[str, str]]] = {
     },
     "train": ("asr.training.cli", "train a model (ScaledAdam + Eden; DDP under torchrun)"),
     "decode": ("asr.decode", "recognise audio files or a CutSet with a trained model"),
+    "lm": ("asr.lm", "build LM text and train a token n-gram LM (for --lm shallow fusion in asr decode)"),
     "wer": ("asr.wer", "word error rate of hypotheses against references"),
 }
 

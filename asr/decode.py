@@ -33,6 +33,7 @@ from asr.decoding import (
     modified_beam_search,
 )
 from asr.models import AsrModel, model_from_config, read_checkpoint
+from asr.models.lm import NgramLM
 from asr.streaming import is_streaming_encoder, simulate_streaming
 from asr.streaming.simulate import LOG_EPS  # what training pads with
 from asr.training import checkpoint as ckpt
@@ -211,17 +212,35 @@ def encode(
     return simulate_streaming(encoder, features, feature_lens)
 
 
+@dataclass
+class LmFusion:
+    """Shallow fusion settings for modified beam search (:func:`asr.decoding.modified_beam_search`)."""
+
+    lm: NgramLM
+    scale: float
+    final: bool = True  # add the LM's </s> probability before picking the best hypothesis
+    bonus: float = 0.0  # reward per emitted token
+
+
 def search(
-    model: AsrModel, method: str, enc_out: torch.Tensor, enc_lens: torch.Tensor, beam: int
+    model: AsrModel, method: str, enc_out: torch.Tensor, enc_lens: torch.Tensor, beam: int,
+    fusion: LmFusion | None = None,
 ) -> list[Hypothesis]:
     if method in ("greedy", "modified_beam_search") and not model.has_transducer:
         raise ValueError(f"--method {method} needs a transducer head; this model has {model.heads}")
     if method.startswith("ctc") and not model.has_ctc:
         raise ValueError(f"--method {method} needs a CTC head; this model has {model.heads}")
+    if fusion is not None and method != "modified_beam_search":
+        raise ValueError(f"LM fusion is implemented for modified_beam_search only, not {method}")
     if method == "greedy":
         return greedy_search(model, enc_out, enc_lens)
     if method == "modified_beam_search":
-        return modified_beam_search(model, enc_out, enc_lens, beam=beam)
+        if fusion is None:
+            return modified_beam_search(model, enc_out, enc_lens, beam=beam)
+        return modified_beam_search(
+            model, enc_out, enc_lens, beam=beam, lm=fusion.lm, lm_scale=fusion.scale, lm_final=fusion.final,
+            lm_bonus=fusion.bonus,
+        )
     log_probs = model.ctc_log_probs(enc_out)
     if method == "ctc_greedy":
         return ctc_greedy_search(log_probs, enc_lens)
@@ -263,8 +282,10 @@ def decode(
     max_frames: int = 30000,
     errors: list[str] | None = None,
     on_result=None,
+    fusion: LmFusion | None = None,
 ) -> DecodeResult:
-    """Decode utterances in batches; ``on_result(id, text)`` is called as each hypothesis is ready."""
+    """Decode utterances in batches; ``on_result(id, text)`` is called as each hypothesis is ready.
+    ``fusion`` adds an n-gram LM to modified beam search."""
     hyps: dict[str, str] = {}
     refs: dict[str, str] = {}
     audio_seconds = compute_seconds = 0.0
@@ -275,7 +296,7 @@ def decode(
             [u.features for u in batch], batch_first=True, padding_value=LOG_EPS
         )
         enc_out, enc_lens = encode(model, features, feature_lens, chunk_size, left_context_frames)
-        results = search(model, method, enc_out, enc_lens, beam)
+        results = search(model, method, enc_out, enc_lens, beam, fusion)
         compute_seconds += time.perf_counter() - started
         audio_seconds += float(feature_lens.sum()) * FRAME_SHIFT
         for utt, hyp in zip(batch, results):
@@ -307,24 +328,46 @@ def build_parser() -> argparse.ArgumentParser:
                              "default: characters when the model's tokenizer is a character table")
     parser.add_argument("--average-from", default=None,
                         help="an earlier checkpoint of the same run: decode the model averaged since then")
+    parser.add_argument("--lm", default=None,
+                        help="an ARPA n-gram LM over the model's tokens (asr lm train) for shallow fusion; "
+                             "modified_beam_search only")
+    parser.add_argument("--lm-scale", type=float, default=0.5,
+                        help="weight of the LM log-probability (default: best on the synth dev set)")
+    parser.add_argument("--lm-final", action=argparse.BooleanOptionalAction, default=True,
+                        help="add the LM's end-of-sentence probability before picking the best hypothesis")
+    parser.add_argument("--lm-bonus", type=float, default=1.5,
+                        help="with --lm: reward per emitted token, against the deletions LM fusion causes "
+                             "(default: best on the synth dev set)")
     parser.add_argument("--max-frames", type=int, default=30000, help="frames per padded batch")
     parser.add_argument("--num-threads", type=int, default=None)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if args.lm is not None and args.method != "modified_beam_search":
+        parser.error(f"--lm needs --method modified_beam_search (got {args.method})")
+    if args.lm_scale < 0:
+        parser.error(f"--lm-scale must be >= 0, got {args.lm_scale}")
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
     if not args.cuts and not args.audio:
         raise SystemExit("asr decode: give audio files or --cuts")
     model, tokenizer = load_checkpoint_for_decoding(args.checkpoint, args.lang_dir, args.average_from)
+    fusion = None
+    if args.lm is not None:
+        symbols = [tokenizer.id_to_token(i) for i in range(tokenizer.vocab_size)]
+        try:
+            fusion = LmFusion(NgramLM.load_arpa(args.lm, symbols), args.lm_scale, args.lm_final, args.lm_bonus)
+        except (OSError, ValueError) as error:
+            parser.error(f"--lm {args.lm}: {error}")
     errors: list[str] = []
     utterances = utterances_from_cuts(args.cuts, errors) if args.cuts else utterances_from_files(args.audio, errors)
     result = decode(
         model, tokenizer, utterances, args.method, args.beam, args.chunk_size, args.left_context_frames,
-        args.max_frames, errors, on_result=lambda uid, text: print(f"{uid}\t{text}", flush=True),
+        args.max_frames, errors, on_result=lambda uid, text: print(f"{uid}\t{text}", flush=True), fusion=fusion,
     )
     print(
         f"decoded {len(result.hypotheses)} utterances, {result.audio_seconds:.1f} s of audio, "

@@ -70,7 +70,8 @@ def test_swoosh_matches_closed_form_float64(name):
             assert ei == pytest.approx(math.log1p(math.exp(xi - shift)) - 0.08 * xi - offset, rel=1e-12, abs=1e-12)
     xt = torch.tensor(x, dtype=torch.float64)
     for y in (fwd(xt), module()(xt), fn(xt.clone().requires_grad_(True)).detach(),
-              module()(xt.clone().requires_grad_(True)).detach()):
+              module()(xt.clone().requires_grad_(True)).detach(),
+              module(quantised_grad=True)(xt.clone().requires_grad_(True)).detach()):
         assert y.dtype == torch.float64
         np.testing.assert_allclose(y.numpy(), expected, rtol=1e-12, atol=1e-12)
 
@@ -138,13 +139,30 @@ def _saved_tensor_bytes(fn, x):
 def test_swoosh_backward_keeps_one_byte_per_element(name, dtype):
     shift, offset, fn, fwd, module = SWOOSH[name]
     x = torch.randn(64, 33, dtype=dtype, requires_grad=True)
-    saved, y = _saved_tensor_bytes(module(), x)
+    saved, y = _saved_tensor_bytes(module(quantised_grad=True), x)
     assert [(d, n) for d, n, _ in saved] == [(torch.uint8, x.numel())]
     assert sum(n * size for _, n, size in saved) <= x.numel() * 1
     # For contrast, plain autograd through the same formula keeps at least the full-precision input.
     saved_plain, _ = _saved_tensor_bytes(fwd, x)
     assert sum(n * size for _, n, size in saved_plain) >= x.numel() * x.element_size()
     y.sum().backward()  # the saved uint8 tensor is enough for backward
+
+
+@pytest.mark.parametrize("name", ["L", "R"])
+def test_swoosh_exact_backward_on_cpu(name):
+    # On CPU the modules default to the exact derivative: float64 gradcheck holds, and the saved
+    # tensor is the input itself.
+    shift, offset, fn, fwd, module = SWOOSH[name]
+    x = torch.linspace(-12, 12, 97, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(module(), (x,))
+    x.grad = None
+    module()(x).backward(torch.ones_like(x))
+    expected = swoosh_deriv_closed_form(x.detach().numpy(), shift)
+    np.testing.assert_allclose(x.grad.numpy(), expected, rtol=1e-12, atol=1e-12)
+    x32 = torch.randn(64, 33, requires_grad=True)
+    saved, _ = _saved_tensor_bytes(module(), x32)
+    assert [(d, n) for d, n, _ in saved] == [(torch.float32, x32.numel())]
+    assert module(quantised_grad=False).quantised_grad is False
 
 
 def test_swoosh_saved_codes_use_reference_quantisation():

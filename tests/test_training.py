@@ -148,6 +148,13 @@ def test_average_checkpoints_tool_is_the_elementwise_mean_and_decodes(corpus, tm
     assert row["batch"] == batch and row["epoch"] == 1
     started = min(int(p.name.split(".")[3]) for p in (exp_dir / "tensorboard").iterdir())
     assert row["minutes"] == round((second.stat().st_mtime - started) / 60, 1) >= 0
+    # --epochs places epoch-<n>.pt by the batch stored in it.
+    (epoch_path,) = ckpt.epoch_checkpoints(exp_dir)
+    assert curve.main(["--exp-dir", str(exp_dir), "--cuts", str(corpus["test"]), "--epochs",
+                       "--json", str(curve_json)]) == 0
+    (row,) = json.loads(curve_json.read_text())["rows"]
+    state = ckpt.load(epoch_path)["state"]
+    assert row["batch"] == state["batch_idx_train"] > batch and row["epoch"] == state["epoch"]
 
 
 def _write_cuts(path: Path, clips: list[tuple[float, str]]) -> Path:

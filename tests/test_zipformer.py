@@ -63,6 +63,17 @@ def test_parameter_counts_equal_icefall(name, causal, expected):
     assert _num_params(model) == expected
 
 
+def test_xs_preset_has_no_convnext_and_loads_its_own_state():
+    model = build_encoder("zipformer-xs", causal=True)
+    assert model.encoder_embed.convnext is None
+    assert not any(name.startswith("encoder_embed.convnext") for name in model.state_dict())
+    assert model.init_states(2)[-2].shape == (2, 64, 0, 19)
+    with_convnext = build_encoder("zipformer-xs", causal=True, embed_convnext=True)
+    assert with_convnext.init_states(2)[-2].shape == (2, 64, 3, 19)
+    with pytest.raises(RuntimeError, match="convnext"):
+        model.load_state_dict(with_convnext.state_dict())
+
+
 def test_xs_preset_is_a_few_million_parameters():
     with torch.device("meta"):
         model = build_encoder("zipformer-xs")
@@ -203,9 +214,15 @@ def _stream(model: ZipformerEncoder, x: torch.Tensor) -> torch.Tensor:
     return torch.cat(outputs, dim=1)
 
 
-@pytest.mark.parametrize("chunk_size, left_context_frames, num_chunks", [(16, 32, 6), (32, 64, 3), (16, 64, 5)])
-def test_streaming_equals_masked_full_forward(chunk_size, left_context_frames, num_chunks):
-    model = _tiny(causal=True, chunk_size=chunk_size, left_context_frames=left_context_frames)
+@pytest.mark.parametrize(
+    "chunk_size, left_context_frames, num_chunks, convnext",
+    [(16, 32, 6, True), (32, 64, 3, True), (16, 64, 5, True), (16, 32, 6, False), (32, 64, 3, False)],
+)
+def test_streaming_equals_masked_full_forward(chunk_size, left_context_frames, num_chunks, convnext):
+    model = _tiny(causal=True, chunk_size=chunk_size, left_context_frames=left_context_frames,
+                  embed_convnext=convnext)
+    # The front end looks 7 feature frames ahead, plus 6 for the ConvNeXt's 3 frames at 50 Hz.
+    assert model.streaming_feature_frames == 2 * chunk_size + (13 if convnext else 7)
     x = torch.randn(2, 2 * chunk_size * num_chunks + 13, 80)
     with torch.no_grad():
         full, _ = model(x, torch.full((2,), x.shape[1]))

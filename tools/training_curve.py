@@ -2,7 +2,8 @@
 """WER against training time: decode checkpoints of an ``asr train`` run on a CutSet.
 
     python tools/training_curve.py --exp-dir exp/synth --cuts data/synth/fbank/synth_cuts_test.jsonl.gz \
-        [--batches 500 1000 1500] [--every 500] [--json curve.json]
+        [--batches 500 1000 1500] [--every 500] [--json curve.json] \
+        [--method modified_beam_search --beam 8 --lm LANG/lm_4gram.arpa.gz --lm-scale 0.5 --lm-bonus 1.5]
 
 For each chosen ``checkpoint-<batch>.pt`` it prints the batch, the epoch, the wall-clock minutes since the
 run started (the checkpoint file's time against the creation time in the first tensorboard event file's
@@ -20,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-from asr.decode import decode, load_checkpoint_for_decoding, utterances_from_cuts
+from asr.decode import LmFusion, decode, load_checkpoint_for_decoding, utterances_from_cuts
+from asr.models.lm import NgramLM
 from asr.training import checkpoint as ckpt
 from asr.wer import compute_wer
 
@@ -43,16 +45,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cuts", required=True)
     parser.add_argument("--batches", type=int, nargs="*", default=None, help="checkpoints to decode (batch numbers)")
     parser.add_argument("--every", type=int, default=None, help="decode every checkpoint whose batch is a multiple")
+    parser.add_argument("--epochs", action="store_true",
+                        help="decode the epoch-<n>.pt checkpoints instead (they outlive --keep-last-k)")
     parser.add_argument("--method", default="greedy")
+    parser.add_argument("--beam", type=int, default=4)
+    parser.add_argument("--lm", default=None, help="ARPA token LM for shallow fusion (modified_beam_search)")
+    parser.add_argument("--lm-scale", type=float, default=0.5)
+    parser.add_argument("--lm-bonus", type=float, default=1.5)
     parser.add_argument("--num-threads", type=int, default=None)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
 
-    available = {int(p.stem.split("-")[1]): p for p in ckpt.batch_checkpoints(args.exp_dir)}
+    if args.epochs:
+        available = {ckpt.load(p)["state"]["batch_idx_train"]: p for p in ckpt.epoch_checkpoints(args.exp_dir)}
+    else:
+        available = {int(p.stem.split("-")[1]): p for p in ckpt.batch_checkpoints(args.exp_dir)}
     if not available:
-        raise SystemExit(f"training_curve.py: no checkpoint-<batch>.pt in {args.exp_dir}")
+        kind = "epoch-<n>.pt" if args.epochs else "checkpoint-<batch>.pt"
+        raise SystemExit(f"training_curve.py: no {kind} in {args.exp_dir}")
     chosen = sorted(available)
     if args.batches:
         missing = sorted(set(args.batches) - set(available))
@@ -63,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
         chosen = [b for b in chosen if b % args.every == 0]
     start = run_start(args.exp_dir)
 
+    if args.lm is not None and args.method != "modified_beam_search":
+        parser.error("--lm needs --method modified_beam_search")
+    lm = None
     rows = []
     print(f"{'batch':>6} {'epoch':>5} {'minutes':>7}  WER")
     for batch in chosen:
@@ -70,9 +85,12 @@ def main(argv: list[str] | None = None) -> int:
         epoch = ckpt.load(path)["state"]["epoch"]
         model, tokenizer = load_checkpoint_for_decoding(path)
         model.eval()
+        if args.lm is not None and lm is None:  # every checkpoint of a run has the same tokenizer
+            lm = NgramLM.load_arpa(args.lm, [tokenizer.id_to_token(i) for i in range(tokenizer.vocab_size)])
+        fusion = LmFusion(lm, args.lm_scale, bonus=args.lm_bonus) if lm is not None else None
         errors: list[str] = []
         result = decode(model, tokenizer, utterances_from_cuts(args.cuts, errors), method=args.method,
-                        errors=errors)
+                        beam=args.beam, errors=errors, fusion=fusion)
         wer = compute_wer(result.references, result.hypotheses)
         minutes = (path.stat().st_mtime - start) / 60
         rows.append({"batch": batch, "epoch": epoch, "minutes": round(minutes, 1), "wer": wer.wer,
@@ -81,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"exp_dir": str(args.exp_dir), "cuts": args.cuts, "method": args.method,
-                                         "rows": rows}, indent=2))
+                                         "beam": args.beam, "lm": args.lm, "lm_scale": args.lm_scale,
+                                         "lm_bonus": args.lm_bonus, "rows": rows}, indent=2))
     return 0
 
 

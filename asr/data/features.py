@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -69,13 +71,27 @@ def compute_and_store_fbank(
     cuts = CutSet.from_cuts(c if c.sampling_rate == SAMPLE_RATE else c.resample(SAMPLE_RATE) for c in cuts)
     if speed_perturb:
         cuts = cuts + cuts.perturb_speed(0.9) + cuts.perturb_speed(1.1)
-    with_feats = cuts.compute_and_store_features(
-        extractor=make_fbank_extractor(),
-        storage_path=str(storage_path),
-        num_jobs=max(1, num_workers),
-        storage_type=LilcomChunkyWriter,
-        progress_bar=True,
-    )
+    # Fbank runs at ~1000x real time in one process, so workers only pay off on big corpora; each
+    # worker gets one torch thread, as several workers with a thread per core each ran 20x slower
+    # than one process on a 2-core machine.
+    executor = None
+    if num_workers > 1:
+        executor = ProcessPoolExecutor(
+            num_workers, mp_context=multiprocessing.get_context("spawn"), initializer=torch.set_num_threads,
+            initargs=(1,),
+        )
+    try:
+        with_feats = cuts.compute_and_store_features(
+            extractor=make_fbank_extractor(),
+            storage_path=str(storage_path),
+            num_jobs=max(1, num_workers),
+            executor=executor,
+            storage_type=LilcomChunkyWriter,
+            progress_bar=True,
+        )
+    finally:
+        if executor is not None:
+            executor.shutdown()
     with_feats = with_feats.to_eager()
     if len(with_feats) < len(cuts):
         kept = set(with_feats.ids)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -9,13 +10,16 @@ import torch
 
 from asr.decoding.greedy import TransducerModel, check_encoder_output, start_context
 from asr.decoding.hypothesis import Hypothesis
+from asr.models.lm import NgramLM
 
 
 @dataclass
 class _BeamEntry:
     tokens: tuple[int, ...]
     timestamps: tuple[int, ...]
-    log_prob: float
+    log_prob: float  # transducer log-probability, merged over alignments
+    lm_state: tuple[int, ...] = ()
+    lm_log_prob: float = 0.0  # LM log-probability of ``tokens`` (a function of them, so merging keeps it)
 
 
 def _add_merging(beam: dict[tuple[int, ...], _BeamEntry], entry: _BeamEntry) -> None:
@@ -35,6 +39,10 @@ def modified_beam_search(
     enc_lens: torch.Tensor,
     beam: int = 4,
     length_norm: bool = True,
+    lm: NgramLM | None = None,
+    lm_scale: float = 0.0,
+    lm_final: bool = True,
+    lm_bonus: float = 0.0,
 ) -> list[Hypothesis]:
     """Modified beam search: at most one symbol per frame.
 
@@ -49,11 +57,22 @@ def modified_beam_search(
         beam: hypotheses kept per utterance.
         length_norm: pick the final hypothesis by log-prob divided by the length of its decoder history
             (tokens plus the ``context_size`` start symbols), as icefall does; False picks by log-prob.
+        lm, lm_scale: shallow fusion with an n-gram LM over the same token ids: a hypothesis is ranked by
+            ``log_prob + lm_scale * lm_log_prob``, where a token ``v`` adds ``ln p_LM(v | state)`` and blank
+            adds nothing. Without ``lm`` or with ``lm_scale == 0`` the search is the plain one.
+        lm_final: with an LM, add ``lm_scale * ln p_LM(</s> | state)`` to each final hypothesis before
+            picking the best (the fused score is what ``length_norm`` divides).
+        lm_bonus: with an LM, a reward added to the fused score per emitted token; it offsets the LM's
+            cost of every token, which blank does not pay, and so the deletions that fusion causes.
     Returns:
-        one :class:`Hypothesis` per utterance; ``score`` is its (merged) total log-probability.
+        one :class:`Hypothesis` per utterance; ``score`` is its (merged) total transducer log-probability,
+        without the LM.
     """
     if beam < 1:
         raise ValueError(f"beam must be >= 1, got {beam}")
+    if lm_scale < 0:
+        raise ValueError(f"lm_scale must be >= 0, got {lm_scale}")
+    fusion = lm is not None and lm_scale > 0
     lens = check_encoder_output(enc_out, enc_lens)
     decoder, joiner = model.decoder, model.joiner
     blank, context_size = decoder.blank_id, decoder.context_size
@@ -61,8 +80,9 @@ def modified_beam_search(
     start = start_context(1, context_size, blank, device)[0].tolist()
 
     enc_proj = joiner.encoder_proj(enc_out)  # (N, T, J)
+    start_lm_state = lm.start_state if fusion else ()
     beams: list[dict[tuple[int, ...], _BeamEntry]] = [
-        {(): _BeamEntry((), (), 0.0)} for _ in range(batch_size)
+        {(): _BeamEntry((), (), 0.0, start_lm_state)} for _ in range(batch_size)
     ]
 
     for t in range(max(lens, default=0)):
@@ -77,29 +97,54 @@ def modified_beam_search(
         prior = torch.tensor([entry.log_prob for _, entry in flat], dtype=torch.float64, device=device)
         log_probs = log_probs.double() + prior.unsqueeze(1)  # (M, V)
         vocab_size = log_probs.size(1)
+        if fusion:
+            lm_log_probs = torch.from_numpy(np.stack([lm.log_probs(entry.lm_state) for _, entry in flat])).double()
+            if lm_log_probs.size(1) != vocab_size:
+                raise ValueError(f"the LM has {lm_log_probs.size(1)} token ids, the model {vocab_size}")
+            lm_log_probs[:, blank] = 0.0  # blank leaves the LM state and score unchanged
+            lm_prior = torch.tensor([entry.lm_log_prob for _, entry in flat], dtype=torch.float64)
+            lm_log_probs = (lm_log_probs + lm_prior.unsqueeze(1)).to(device)  # (M, V)
+            num_tokens = torch.tensor([len(entry.tokens) for _, entry in flat], dtype=torch.float64, device=device)
+            bonus = lm_bonus * (num_tokens.unsqueeze(1) + (torch.arange(vocab_size, device=device) != blank))
+            ranked = log_probs + lm_scale * lm_log_probs + bonus
+        else:
+            ranked = log_probs
 
         offset = 0
         for i in active:
             entries = list(beams[i].values())
-            candidates = log_probs[offset : offset + len(entries)].flatten()
+            rows = slice(offset, offset + len(entries))
             offset += len(entries)
-            top_log_probs, top_indices = candidates.topk(min(beam, candidates.numel()))
+            candidates = ranked[rows].flatten()
+            top_scores, top_indices = candidates.topk(min(beam, candidates.numel()))
+            top_log_probs = log_probs[rows].flatten()[top_indices].tolist()
+            top_lm = lm_log_probs[rows].flatten()[top_indices].tolist() if fusion else [0.0] * len(top_log_probs)
             next_beam: dict[tuple[int, ...], _BeamEntry] = {}
-            for log_prob, index in zip(top_log_probs.tolist(), top_indices.tolist()):
+            for score, log_prob, lm_log_prob, index in zip(
+                top_scores.tolist(), top_log_probs, top_lm, top_indices.tolist()
+            ):
                 source, token = entries[index // vocab_size], index % vocab_size
                 if token == blank:
-                    _add_merging(next_beam, _BeamEntry(source.tokens, source.timestamps, log_prob))
+                    entry = _BeamEntry(source.tokens, source.timestamps, log_prob, source.lm_state, lm_log_prob)
+                elif fusion and score == -math.inf:  # a token the LM gives no probability (<sos/eos>)
+                    continue
                 else:
-                    _add_merging(
-                        next_beam, _BeamEntry(source.tokens + (token,), source.timestamps + (t,), log_prob)
+                    lm_state = lm.next_state(source.lm_state, token) if fusion else ()
+                    entry = _BeamEntry(
+                        source.tokens + (token,), source.timestamps + (t,), log_prob, lm_state, lm_log_prob
                     )
+                _add_merging(next_beam, entry)
             beams[i] = next_beam
+
+    def final_score(entry: _BeamEntry) -> float:
+        score = entry.log_prob
+        if fusion:
+            lm_log_prob = entry.lm_log_prob + (lm.final_log_prob(entry.lm_state) if lm_final else 0.0)
+            score += lm_scale * lm_log_prob + lm_bonus * len(entry.tokens)
+        return score / (len(entry.tokens) + context_size) if length_norm else score
 
     hyps = []
     for entries in beams:
-        if length_norm:
-            best = max(entries.values(), key=lambda e: e.log_prob / (len(e.tokens) + context_size))
-        else:
-            best = max(entries.values(), key=lambda e: e.log_prob)
+        best = max(entries.values(), key=final_score)
         hyps.append(Hypothesis(list(best.tokens), list(best.timestamps), best.log_prob))
     return hyps

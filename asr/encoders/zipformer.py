@@ -71,10 +71,6 @@ from asr.nn.scaling import (
 )
 from asr.nn.subsampling import Conv2dSubsampling
 
-# Frames of features a streaming chunk needs beyond its 2 * chunk_size frames: 7 for the conv stack
-# and 2 * 3 for the ConvNeXt block's 3-frame look-ahead at 50 Hz.
-STREAMING_FEATURE_LOOKAHEAD = 13
-
 # States per layer in streaming_forward: key, nonlin-attention input, value 1, value 2, conv 1, conv 2.
 STATES_PER_LAYER = 6
 
@@ -109,6 +105,8 @@ class ZipformerConfig:
     warmup_batches: float = 4000.0
     # Channels of the conv front end's three Conv2d layers (the last one is also the ConvNeXt's).
     embed_channels: tuple[int, int, int] = (8, 32, 128)
+    # The front end's ConvNeXt block (icefall has it; zipformer-xs drops it, see its preset).
+    embed_convnext: bool = True
 
 
 # icefall's documented LibriSpeech recipes (egs/librispeech/ASR/zipformer, README / RESULTS).
@@ -134,7 +132,9 @@ PRESETS: dict[str, ZipformerConfig] = {
     # Ours, for CPU recipes (5.1M parameters, 0.2M of them in the conv front end): the same six stacks
     # and downsampling factors, so chunk sizes and streaming behave as in the big models, but one layer
     # per stack, narrower stacks (128-192), half-size feedforwards and 4 heads everywhere, and a front
-    # end of half the channels: at full width it costs three times as much as all six stacks on a CPU.
+    # end of half the channels and no ConvNeXt block: at full width it costs three times as much as all
+    # six stacks on a CPU, and even at half width the ConvNeXt alone made a training batch 1.4x slower
+    # while giving the same loss per batch on the offline recipe.
     "zipformer-xs": ZipformerConfig(
         num_encoder_layers=(1, 1, 1, 1, 1, 1),
         encoder_dim=(128, 160, 192, 192, 192, 160),
@@ -142,6 +142,7 @@ PRESETS: dict[str, ZipformerConfig] = {
         encoder_unmasked_dim=(128, 128, 128, 128, 128, 128),
         num_heads=(4, 4, 4, 4, 4, 4),
         embed_channels=(8, 32, 64),
+        embed_convnext=False,
     ),
 }
 
@@ -1031,7 +1032,7 @@ class ZipformerEncoder(nn.Module):
         layer1, layer2, layer3 = config.embed_channels
         self.encoder_embed = Conv2dSubsampling(
             config.feature_dim, first_dim, layer1_channels=layer1, layer2_channels=layer2, layer3_channels=layer3,
-            dropout=dropout,
+            dropout=dropout, convnext=config.embed_convnext,
         )
         self.encoder = Zipformer2(config, causal=causal, dropout=dropout)
         self.output_dim = max(self.encoder.encoder_dim)
@@ -1076,12 +1077,13 @@ class ZipformerEncoder(nn.Module):
     # -- streaming -----------------------------------------------------------------------------------
     @property
     def streaming_feature_frames(self) -> int:
-        """Feature frames ``streaming_forward`` takes per call: ``2 * chunk_size + 13``."""
-        return 2 * self.chunk_size + STREAMING_FEATURE_LOOKAHEAD
+        """Feature frames ``streaming_forward`` takes per call: ``2 * chunk_size + 13`` (``+ 7`` without
+        the front end's ConvNeXt)."""
+        return 2 * self.chunk_size + self.encoder_embed.streaming_lookahead
 
     @property
     def streaming_feature_shift(self) -> int:
-        """Feature frames to advance between calls (consecutive windows overlap by 13 frames)."""
+        """Feature frames to advance between calls (consecutive windows overlap by the look-ahead)."""
         return 2 * self.chunk_size
 
     def _check_streaming(self) -> None:
@@ -1125,7 +1127,7 @@ class ZipformerEncoder(nn.Module):
         self._check_streaming()
         if x.shape[1] != self.streaming_feature_frames:
             raise ValueError(f"streaming chunk has {x.shape[1]} feature frames, expected "
-                             f"{self.streaming_feature_frames} (2 * chunk_size + {STREAMING_FEATURE_LOOKAHEAD})")
+                             f"{self.streaming_feature_frames} (2 * chunk_size + {self.encoder_embed.streaming_lookahead})")
         expected = len(self.state_batch_dims())
         if len(states) != expected:
             raise ValueError(f"got {len(states)} state tensors, expected {expected}")

@@ -1,8 +1,9 @@
 """Zipformer's convolutional front end: 100 Hz fbank frames to 50 Hz embeddings.
 
 ``Conv2dSubsampling`` maps ``(N, T, F)`` features to ``(N, (T - 7) // 2, C)``: three 3x3 convolutions
-(1 -> 8 -> 32 -> 128 channels; time stride 2 once, frequency stride 2 twice), one ConvNeXt block, a
-linear projection of the flattened ``128 x F'`` map, and BiasNorm. Submodule and parameter names follow
+(1 -> 8 -> 32 -> 128 channels; time stride 2 once, frequency stride 2 twice), one ConvNeXt block (optional:
+``convnext=False`` drops it, for small CPU models where it costs more than the encoder), a linear
+projection of the flattened ``128 x F'`` map, and BiasNorm. Submodule and parameter names follow
 icefall's ``zipformer/subsampling.py`` so its ``encoder_embed.*`` checkpoint entries load unchanged.
 
 One deliberate difference: conv-stack frames past each utterance's valid length are zeroed before the
@@ -116,6 +117,7 @@ class Conv2dSubsampling(nn.Module):
         layer2_channels: int = 32,
         layer3_channels: int = 128,
         dropout: FloatLike = 0.1,
+        convnext: bool = True,
     ) -> None:
         super().__init__()
         if in_channels < 7:
@@ -134,7 +136,9 @@ class Conv2dSubsampling(nn.Module):
             Balancer(layer3_channels, channel_dim=1, max_abs=4.0),
             SwooshR(),
         )
-        self.convnext = ConvNeXt(layer3_channels, kernel_size=(7, 7))
+        self.convnext = ConvNeXt(layer3_channels, kernel_size=(7, 7)) if convnext else None
+        # 50 Hz frames the ConvNeXt looks ahead (its time kernel's half width).
+        self.convnext_lookahead = self.convnext.padding[0] if convnext else 0
         self.out_width = (((in_channels - 1) // 2) - 1) // 2
         self.layer3_channels = layer3_channels
         self.out = nn.Linear(self.out_width * layer3_channels, out_channels)
@@ -164,12 +168,19 @@ class Conv2dSubsampling(nn.Module):
         x = self.conv(x.unsqueeze(1))  # (N, C, T', F')
         past_end = torch.arange(x.size(2), device=x.device) >= out_lens.unsqueeze(-1)
         x = x.masked_fill(past_end[:, None, :, None], 0.0)
-        x = self.convnext(x)
+        if self.convnext is not None:
+            x = self.convnext(x)
         x = self._flatten_and_project(x)
         x = self.out_whiten(x)
         x = self.out_norm(x)
         x = self.dropout(x)
         return x, out_lens
+
+    @property
+    def streaming_lookahead(self) -> int:
+        """Feature frames a streaming chunk needs beyond its ``2 * chunk``: 7 for the conv stack plus twice
+        the ConvNeXt look-ahead (13 with the ConvNeXt, 7 without)."""
+        return 7 + 2 * self.convnext_lookahead
 
     def streaming_forward(
         self, x: Tensor, x_lens: Tensor, cached_left_pad: Tensor
@@ -177,22 +188,26 @@ class Conv2dSubsampling(nn.Module):
         """One chunk of a stream.
 
         Args:
-            x: ``(N, 2 * chunk + 13, F)``: features of the chunk plus the 13 frames the conv stack (7) and
-               the ConvNeXt look-ahead (3 output frames = 6 input frames) need.
+            x: ``(N, 2 * chunk + streaming_lookahead, F)``: features of the chunk plus the 13 frames the
+               conv stack (7) and the ConvNeXt look-ahead (3 output frames = 6 input frames) need.
             x_lens: ``(N,)`` valid frames of ``x``.
-            cached_left_pad: ``(N, 128, 3, F')`` from ``init_states`` or the previous chunk.
+            cached_left_pad: ``(N, 128, 3, F')`` from ``init_states`` or the previous chunk
+               (``(N, 128, 0, F')`` without a ConvNeXt).
         Returns:
             ``(N, chunk, C)``, valid output lengths ``(x_lens - 7) // 2 - 3`` and the new cache.
         """
         x = self.conv(x.unsqueeze(1))
-        x, new_cache = self.convnext.streaming_forward(x, cached_left_pad)
+        if self.convnext is not None:
+            x, new_cache = self.convnext.streaming_forward(x, cached_left_pad)
+        else:
+            new_cache = cached_left_pad
         x = self._flatten_and_project(x)
         x = self.out_norm(x)
-        out_lens = ((x_lens - 7) // 2 - self.convnext.padding[0]).clamp(min=0)
+        out_lens = ((x_lens - 7) // 2 - self.convnext_lookahead).clamp(min=0)
         return x, out_lens, new_cache
 
     def init_states(self, batch_size: int = 1, device: torch.device | str = "cpu") -> Tensor:
-        """Zero ConvNeXt left context, ``(N, layer3_channels, 3, F')``."""
+        """Zero ConvNeXt left context, ``(N, layer3_channels, 3, F')`` (3 -> 0 without a ConvNeXt)."""
         return torch.zeros(
-            batch_size, self.layer3_channels, self.convnext.padding[0], self.out_width, device=device
+            batch_size, self.layer3_channels, self.convnext_lookahead, self.out_width, device=device
         )

@@ -2,7 +2,8 @@
 # The offline recipe: runs anywhere, downloads nothing. Stages (icefall-style):
 #   0  build the TTS corpus (espeak-ng, flite, festival, piper)   -> $data_dir
 #   1  80-dim fbank of train/dev/test                             -> $data_dir/fbank
-#   2  BPE lang dir from the training transcripts                 -> $data_dir/lang_bpe_$vocab_size
+#   2  BPE lang dir from the training transcripts, and a token n-gram LM on the corpus's sentence
+#      pool minus every dev/test sentence                           -> $data_dir/lang_bpe_$vocab_size
 #   3  train a transducer + CTC model for $train_minutes minutes  -> $exp_dir
 #   4  decode dev and test (test holds voices train never heard), print the WER
 # Every stage skips work it finds done, so a rerun continues where the last one stopped; training
@@ -13,7 +14,7 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 
 stage=0
 stop_stage=100
-num_utts=4000
+num_utts=10000
 seed=1
 data_dir=$repo/data/synth
 exp_dir=$repo/exp/synth
@@ -24,7 +25,11 @@ train_minutes=20
 num_epochs=30
 max_duration=50
 nj=2
-method=greedy
+method=modified_beam_search
+beam=8
+lm_order=4
+lm_scale=0.5
+lm_bonus=1.5
 chunk_size=0
 
 usage="usage: $0 [--stage N] [--stop-stage M] [options]
@@ -41,6 +46,10 @@ usage="usage: $0 [--stage N] [--stop-stage M] [options]
   --max-duration S       seconds of audio per batch ($max_duration)
   --nj N                 parallel jobs for corpus and features ($nj)
   --method M             greedy | modified_beam_search | ctc_greedy | ctc_prefix_beam_search ($method)
+  --beam K               beam of modified_beam_search / ctc_prefix_beam_search ($beam)
+  --lm-order N           order of the token n-gram LM; 0 for none ($lm_order)
+  --lm-scale S           LM weight in modified_beam_search; 0 decodes without the LM ($lm_scale)
+  --lm-bonus B           per-token score bonus that offsets the LM's cost of every token ($lm_bonus)
   --chunk-size C         decode chunk by chunk with this chunk (causal models; 0 = full context, $chunk_size)"
 
 . "$repo/recipes/parse_options.sh"
@@ -56,6 +65,7 @@ fi
 
 fbank_dir=$data_dir/fbank
 lang_dir=$data_dir/lang_bpe_$vocab_size
+lm=$lang_dir/lm_${lm_order}gram.arpa.gz
 
 if [ "$stage" -le 0 ] && [ "$stop_stage" -ge 0 ]; then
   log "Stage 0: TTS corpus of $num_utts utterances -> $data_dir"
@@ -84,6 +94,18 @@ if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
     asr data tokenizer bpe --cuts "$data_dir/synth_cuts_train.jsonl.gz" --vocab-size "$vocab_size" \
       --out-dir "$lang_dir"
   fi
+  if [ "$lm_order" != 0 ]; then
+    if [ -f "$lm" ] && [ "$lm" -nt "$lang_dir/bpe.model" ]; then
+      log "Stage 2: $lm done before, skipping"
+    else
+      # LM text: the sentence pool the corpus was drawn from, minus every sentence spoken in dev or
+      # test, so the LM has never seen an evaluation transcript.
+      log "Stage 2: token $lm_order-gram LM -> $lm"
+      asr lm text --out "$data_dir/lm_text.txt.gz" \
+        --exclude-cuts "$data_dir/synth_cuts_dev.jsonl.gz" "$data_dir/synth_cuts_test.jsonl.gz"
+      asr lm train --lang-dir "$lang_dir" --text "$data_dir/lm_text.txt.gz" --order "$lm_order" --out "$lm"
+    fi
+  fi
 fi
 
 if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
@@ -105,14 +127,19 @@ fi
 if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
   streaming=()
   suffix=$method
+  fusion=()
+  if [ "$method" = modified_beam_search ] && [ "$lm_order" != 0 ] && [ "$lm_scale" != 0 ]; then
+    fusion=(--lm "$lm" --lm-scale "$lm_scale" --lm-bonus "$lm_bonus")
+    suffix=$method-lm
+  fi
   if [ "$chunk_size" != 0 ]; then
     streaming=(--chunk-size "$chunk_size")
     suffix=$method-chunk-$chunk_size
   fi
   for split in dev test; do
-    log "Stage 4: decode $split with $method ${streaming[*]}"
+    log "Stage 4: decode $split with $method ${fusion[*]} ${streaming[*]}"
     wer=$(asr decode --checkpoint "$exp_dir" --cuts "$fbank_dir/synth_cuts_$split.jsonl.gz" --method "$method" \
-      "${streaming[@]}" --results-dir "$exp_dir/decode-$suffix/$split" | tail -n 1)
+      --beam "$beam" "${fusion[@]}" "${streaming[@]}" --results-dir "$exp_dir/decode-$suffix/$split" | tail -n 1)
     log "Stage 4: $split: $wer"
   done
 fi
