@@ -99,7 +99,7 @@ def load_checkpoint_for_decoding(
         checkpoint = read_checkpoint(path)
         config, state_dict = checkpoint["config"], checkpoint["state_dict"]
         tokenizer_files = checkpoint.get("extra", {}).get("tokenizer", {})
-    model = model_from_config(config)
+    model = model_from_config(config, state_dict)
     model.load_state_dict({k: v.to(torch.float32) if v.is_floating_point() else v for k, v in state_dict.items()})
     model.eval()
     if lang_dir is not None:

@@ -292,3 +292,19 @@ def test_transformer_transducer_uses_its_label_encoder_and_trains_and_decodes():
         greedy = greedy_search(model, enc_out, enc_lens)
         beam1 = modified_beam_search(model, enc_out, enc_lens, beam=1)
     assert [h.tokens for h in greedy] == [h.tokens for h in beam1]
+
+
+def test_zipformer_xs_saved_with_its_former_convnext_still_loads(tmp_path):
+    # Checkpoints written before zipformer-xs dropped the front-end ConvNeXt store an empty
+    # encoder_kwargs and the ConvNeXt weights; they are rebuilt with it and give the saved outputs.
+    torch.manual_seed(0)
+    old = build_model("zipformer-xs", 20, encoder_kwargs={"embed_convnext": True}).eval()
+    old.build_config = {**old.build_config, "encoder_kwargs": {}}
+    path = tmp_path / "old.pt"
+    save_model(path, old)
+    loaded = load_model(path)
+    assert loaded.encoder.encoder_embed.convnext is not None
+    x, lens = torch.randn(1, 100, 80), torch.tensor([100])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.encode(x, lens)[0], old.encode(x, lens)[0])
+    assert build_model("zipformer-xs", 20).encoder.encoder_embed.convnext is None

@@ -109,14 +109,26 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return checkpoint
 
 
-def model_from_config(config: dict[str, Any]) -> AsrModel:
-    """A freshly initialised model from a checkpoint's ``config`` (what :func:`build_model` stored)."""
+def model_from_config(config: dict[str, Any], state_dict: dict[str, Any] | None = None) -> AsrModel:
+    """A freshly initialised model from a checkpoint's ``config`` (what :func:`build_model` stored).
+
+    Given the checkpoint's ``state_dict``, a zipformer-xs saved before the preset dropped its front-end
+    ConvNeXt (the weights hold ``encoder.encoder_embed.convnext.*``) is rebuilt with it.
+    """
+    encoder_kwargs = dict(config["encoder_kwargs"])
+    if (
+        config["encoder_name"] == "zipformer-xs"
+        and "embed_convnext" not in encoder_kwargs
+        and state_dict is not None
+        and any(key.startswith("encoder.encoder_embed.convnext.") for key in state_dict)
+    ):
+        encoder_kwargs["embed_convnext"] = True
     return build_model(
         config["encoder_name"],
         config["vocab_size"],
         heads=config["heads"],
         causal=config["causal"],
-        encoder_kwargs=config["encoder_kwargs"],
+        encoder_kwargs=encoder_kwargs,
         **config["model_kwargs"],
     )
 
@@ -125,6 +137,6 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     """Rebuild the model saved by :func:`save_model` and load its weights; returned in eval mode.
     The checkpoint's ``extra`` dict is available from :func:`read_checkpoint`."""
     checkpoint = read_checkpoint(path, map_location)
-    model = model_from_config(checkpoint["config"])
+    model = model_from_config(checkpoint["config"], checkpoint["state_dict"])
     model.load_state_dict(checkpoint["state_dict"])
     return model.to(map_location).eval()
