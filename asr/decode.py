@@ -37,6 +37,7 @@ from asr.models.lm import NgramLM
 from asr.streaming import is_streaming_encoder, simulate_streaming
 from asr.streaming.simulate import LOG_EPS  # what training pads with
 from asr.training import checkpoint as ckpt
+from asr.training.trainer import resolve_device
 
 log = logging.getLogger("asr.decode")
 
@@ -291,10 +292,12 @@ def decode(
     audio_seconds = compute_seconds = 0.0
     for batch in batches(utterances, max_frames):
         started = time.perf_counter()
+        device = next(model.parameters()).device
         feature_lens = torch.tensor([u.features.size(0) for u in batch], dtype=torch.int64)
         features = torch.nn.utils.rnn.pad_sequence(
             [u.features for u in batch], batch_first=True, padding_value=LOG_EPS
         )
+        features, feature_lens = features.to(device), feature_lens.to(device)
         enc_out, enc_lens = encode(model, features, feature_lens, chunk_size, left_context_frames)
         results = search(model, method, enc_out, enc_lens, beam, fusion)
         compute_seconds += time.perf_counter() - started
@@ -340,6 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: best on the synth dev set)")
     parser.add_argument("--max-frames", type=int, default=30000, help="frames per padded batch")
     parser.add_argument("--num-threads", type=int, default=None)
+    parser.add_argument("--device", default="cpu",
+                        help="cpu, cuda, cuda:N, or auto (the GPU when there is one)")
     return parser
 
 
@@ -355,7 +360,13 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.num_threads)
     if not args.cuts and not args.audio:
         raise SystemExit("asr decode: give audio files or --cuts")
+    try:
+        device = resolve_device(args.device, 0)
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as error:
+        parser.error(f"--device {args.device}: {error}")
     model, tokenizer = load_checkpoint_for_decoding(args.checkpoint, args.lang_dir, args.average_from)
+    model.to(device)
     fusion = None
     if args.lm is not None:
         symbols = [tokenizer.id_to_token(i) for i in range(tokenizer.vocab_size)]

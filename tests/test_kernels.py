@@ -1,7 +1,7 @@
 """Relative-position attention: the PyTorch references against a naive element-by-element computation and
 against Zipformer's attention module, the dispatch, and the Triton kernels against the references.
 
-The kernel cases live in ``triton_interpreted_cases.py``: they need ``TRITON_INTERPRET=1`` set before triton
+The kernel cases live in ``triton_kernel_cases.py``: they need ``TRITON_INTERPRET=1`` set before triton
 is imported, which must not leak into other test files of the same pytest process, so
 ``test_kernels_under_triton_interpreter`` runs that file in a child pytest with the variable set.
 """
@@ -35,7 +35,7 @@ from asr_kernels.reference import (
 )
 
 DATA = Path(__file__).parent / "data"
-INTERPRETED_CASES = Path(__file__).parent / "triton_interpreted_cases.py"
+KERNEL_CASES_FILE = Path(__file__).parent / "triton_kernel_cases.py"
 
 
 def _inputs(
@@ -226,10 +226,10 @@ def test_zipformer_rejects_unknown_attention_backend():
 
 def _run_kernel_tests_in_interpreter(marker: str) -> None:
     pytest.importorskip("triton")
-    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
+    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1", ASR_TEST_DEVICE="cpu")
     env.pop("ASR_ATTENTION_BACKEND", None)
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(INTERPRETED_CASES), "-m", marker],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(KERNEL_CASES_FILE), "-m", marker],
         env=env, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
@@ -286,3 +286,42 @@ def test_kernels_compile_for_sm90_without_a_gpu():
     result = subprocess.run([sys.executable, "-c", _COMPILE_FOR_SM90], env=env, capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 0 and "compiled 8" in result.stdout, result.stderr[-4000:]
+
+
+def test_kernel_tiles_shrink_until_they_fit(monkeypatch):
+    """A pass whose kernels need more shared memory than the GPU has is retried with the larger block
+    halved (down to 16 x 16); the tiles that fit are remembered for the shape class; tiles the caller chose
+    are never changed."""
+    pytest.importorskip("triton")
+    from triton.runtime.errors import OutOfResources
+
+    from asr_kernels import rel_pos_attention as kernels
+
+    monkeypatch.setattr(kernels, "_FITTING_BLOCKS", {})
+    monkeypatch.setattr(kernels, "_interpreted", lambda: False)
+    monkeypatch.setattr(kernels.torch.Tensor, "is_cuda", property(lambda self: True))
+    x = _inputs(40, 40, 32, 12, 4, (40, 30))
+    tried = []
+
+    def launch_fitting(limit):
+        def launch(tiles):
+            tried.append((tiles["BLOCK_M"], tiles["BLOCK_N"]))
+            if tiles["BLOCK_M"] * tiles["BLOCK_N"] > limit:
+                raise OutOfResources(2 * limit, limit, "shared memory")
+            return tiles["BLOCK_M"], tiles["BLOCK_N"]
+        return launch
+
+    def problem(block_m=None, block_n=None):
+        return kernels._Problem(x["q"], x["k"], x["v"], x["q_pos"], x["pos_table"], x["key_bias"], 1.0, -1, -1,
+                                block_m, block_n)
+
+    assert problem().blocks(backward=False) == (64, 32)
+    assert kernels._run_with_fitting_blocks(problem(), "forward", False, launch_fitting(512)) == (16, 32)
+    assert tried == [(64, 32), (32, 32), (16, 32)]
+    tried.clear()
+    assert kernels._run_with_fitting_blocks(problem(), "forward", False, launch_fitting(512)) == (16, 32)
+    assert tried == [(16, 32)]  # remembered
+    with pytest.raises(OutOfResources):
+        kernels._run_with_fitting_blocks(problem(), "backward", True, launch_fitting(100))  # not even 16 x 16
+    with pytest.raises(OutOfResources):
+        kernels._run_with_fitting_blocks(problem(64, 32), "weights", False, launch_fitting(512))

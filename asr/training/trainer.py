@@ -180,7 +180,10 @@ class Trainer:
             self.optimizer, config.lr_batches, config.lr_epochs, warmup_batches=config.warmup_batches
         )
         self.amp_dtype = resolve_amp(config.amp, self.device)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        # The losses are sums over the batch, so gradients are large: a 200 s batch of zipformer-xs at
+        # initialisation has entries near 2e4, and fp16 overflows from a loss scale of ~4 up (torch's
+        # default starts at 65536 and would skip a dozen batches). icefall starts at 1 as well.
+        self.scaler = torch.amp.GradScaler("cuda", init_scale=1.0, enabled=self.amp_dtype == torch.float16)
         self.state = TrainState()
         self.data = make_data(config, self.tokenizer, self.world, self.model)
         self.writer = None
@@ -292,12 +295,14 @@ class Trainer:
             return None
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
-        grads_finite = all(
-            torch.isfinite(p.grad).all() for p in self.model.parameters() if p.grad is not None
-        )
-        if not grads_finite:
+        non_finite = [
+            name for name, p in self.model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()
+        ]
+        if non_finite:
             # The scaler lowers its scale on this step; with fp16 that is routine, otherwise a real problem.
-            self.skip(batch, "non-finite gradients")
+            shown = ", ".join(non_finite[:3]) + (" ..." if len(non_finite) > 3 else "")
+            scale = f", loss scale {self.scaler.get_scale():g}" if self.scaler.is_enabled() else ""
+            self.skip(batch, f"non-finite gradients in {len(non_finite)} parameters: {shown}{scale}")
             self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
             return None
@@ -324,7 +329,8 @@ class Trainer:
         with torch.no_grad():
             for key, avg in self.model_avg.state_dict().items():
                 if avg.is_floating_point():
-                    avg.mul_(1 - weight).add_(current[key].to(torch.float64), alpha=weight)
+                    # model_avg stays on the CPU (icefall), whatever device trains.
+                    avg.mul_(1 - weight).add_(current[key].to(avg.device, torch.float64), alpha=weight)
                 else:
                     avg.copy_(current[key])
 

@@ -60,6 +60,7 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+from triton.runtime.errors import OutOfResources
 
 __all__ = ["rel_pos_attention", "rel_pos_attention_weights"]
 
@@ -582,9 +583,10 @@ class _Problem:
         default_m, default_n = _default_blocks(widest, backward, self.wide_pos)
         return self.block_m or default_m, self.block_n or default_n
 
-    def tile_constants(self, backward: bool) -> dict:
-        """Block sizes, padded dims and path flags shared by the kernels of one pass."""
-        block_m, block_n = self.blocks(backward)
+    def tile_constants(self, backward: bool, blocks: tuple[int, int] | None = None) -> dict:
+        """Block sizes (``blocks``, else :meth:`blocks`), padded dims and path flags shared by the kernels of
+        one pass."""
+        block_m, block_n = blocks or self.blocks(backward)
         return dict(
             D=self.head_dim, P=self.pos_dim, D_PAD=_pad_dim(self.head_dim),
             # The wide path's P is a tl.dot operand side (>= 16); the narrow path's only a dq_pos tile.
@@ -613,14 +615,47 @@ class _Problem:
         )
 
 
+# Shared memory per thread block differs by GPU (about 228 KB on an H100, 164 KB on an A100, 100 KB on
+# consumer cards), and what a kernel needs depends on its padded dims and dtype (float32 tiles at P = 135
+# exceed even the H100's at 16 x 32). A pass whose kernels do not fit is run again with the larger block
+# halved, down to 16 x 16; the tiles that fit are remembered per pass and shape class. Tiles the caller
+# chose are never changed: then the error stands.
+_FITTING_BLOCKS: dict[tuple, tuple[int, int]] = {}
+
+
+def _run_with_fitting_blocks(pb: _Problem, pass_name: str, backward: bool, launch):
+    """``launch(tiles)`` with the default tiles, or the largest smaller ones whose kernels fit."""
+    key = (pass_name, pb.q.device, pb.q.dtype, pb.head_dim, pb.value_dim, pb.pos_dim, pb.wide_pos,
+           pb.q_pos is not None, pb.key_bias is not None, pb.has_chunk)
+    block_m, block_n = _FITTING_BLOCKS.get(key) or pb.blocks(backward)
+    while True:
+        try:
+            result = launch(pb.tile_constants(backward, (block_m, block_n)))
+        except OutOfResources:
+            if pb.block_m or pb.block_n or (block_m, block_n) == (16, 16):
+                raise
+            if block_m >= block_n:
+                block_m //= 2
+            else:
+                block_n //= 2
+            continue
+        _FITTING_BLOCKS[key] = (block_m, block_n)
+        return result
+
+
 def _forward(pb: _Problem, with_values: bool) -> tuple[Tensor | None, Tensor]:
+    return _run_with_fitting_blocks(
+        pb, "forward" if with_values else "lse", False, lambda tiles: _forward_tiles(pb, with_values, tiles)
+    )
+
+
+def _forward_tiles(pb: _Problem, with_values: bool, tiles: dict) -> tuple[Tensor | None, Tensor]:
     (q, k, qp, tab, kb), (sq_h, sq_n, sq_t, sk_h, sk_n, sk_t, sqp_h, sqp_n, sqp_t, stab_h, stab_r, stab_c,
                           skb_n, skb_t) = pb.common_args()
     v = pb.v if with_values else q
     out = (torch.empty((pb.num_heads, pb.batch_size, pb.num_queries, pb.value_dim), device=q.device, dtype=v.dtype)
            if with_values else q)
     lse = pb.lse_buffer()
-    tiles = pb.tile_constants(backward=False)
     grid = (triton.cdiv(pb.num_queries, tiles["BLOCK_M"]), pb.num_heads * pb.batch_size)
     _fwd_kernel[grid](
         q, k, v, qp, tab, kb, out, lse,
@@ -634,12 +669,15 @@ def _forward(pb: _Problem, with_values: bool) -> tuple[Tensor | None, Tensor]:
 
 
 def _weights(pb: _Problem, lse: Tensor) -> Tensor:
+    return _run_with_fitting_blocks(pb, "weights", False, lambda tiles: _weights_tiles(pb, lse, tiles))
+
+
+def _weights_tiles(pb: _Problem, lse: Tensor, tiles: dict) -> Tensor:
     (q, k, qp, tab, kb), (sq_h, sq_n, sq_t, sk_h, sk_n, sk_t, sqp_h, sqp_n, sqp_t, stab_h, stab_r, stab_c,
                           skb_n, skb_t) = pb.common_args()
     weights = torch.empty(
         (pb.num_heads, pb.batch_size, pb.num_queries, pb.num_keys), device=q.device, dtype=q.dtype
     )
-    tiles = pb.tile_constants(backward=False)
     num_key_blocks = triton.cdiv(pb.num_keys, tiles["BLOCK_N"])
     grid = (triton.cdiv(pb.num_queries, tiles["BLOCK_M"]) * num_key_blocks, pb.num_heads * pb.batch_size)
     _weights_kernel[grid](
@@ -656,6 +694,15 @@ def _backward(
     pb: _Problem, lse: Tensor, delta: Tensor, grad_out: Tensor | None, grad_weights: Tensor | None
 ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None, Tensor | None]:
     """Gradients (q, k, v, q_pos, table) from ``grad_out`` (attention) or ``grad_weights`` (weights)."""
+    return _run_with_fitting_blocks(
+        pb, "backward" if grad_weights is None else "weights backward", True,
+        lambda tiles: _backward_tiles(pb, lse, delta, grad_out, grad_weights, tiles),
+    )
+
+
+def _backward_tiles(
+    pb: _Problem, lse: Tensor, delta: Tensor, grad_out: Tensor | None, grad_weights: Tensor | None, tiles: dict
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None, Tensor | None]:
     (q, k, qp, tab, kb), common_strides = pb.common_args()
     from_weights = grad_weights is not None
     v = q if from_weights else pb.v
@@ -671,7 +718,6 @@ def _backward(
     v_strides = (0, 0, 0) if from_weights else v.stride()[:3]
     do_strides = (0, 0, 0) if from_weights else do.stride()[:3]
     dw_strides = dw.stride()[:3] if from_weights else (0, 0, 0)
-    tiles = pb.tile_constants(backward=True)
     block_m, block_n = tiles["BLOCK_M"], tiles["BLOCK_N"]
     sizes = dict(
         DV=pb.value_dim, DV_PAD=_pad_dim(pb.value_dim), FROM_WEIGHTS=from_weights, **tiles, num_warps=_NUM_WARPS,

@@ -1,4 +1,5 @@
-"""Time and peak CPU memory of the full RNN-T loss vs the pruned path, forward and backward.
+"""Time and peak memory (CPU, or GPU with ``--device cuda``) of the full RNN-T loss vs the pruned path,
+forward and backward.
 
 Both paths start from the same encoder output ``(B, T, D)`` and decoder output ``(B, S+1, D)`` and use a
 tiny joiner ``tanh(enc + dec) @ W`` (``W: (D, C)``):
@@ -8,10 +9,12 @@ tiny joiner ``tanh(enc + dec) @ W`` (``W: (D, C)``):
           -> ``do_rnnt_pruning`` -> joiner on ``(B, T, s_range, C)`` -> ``rnnt_loss_pruned``
   torchaudio  joiner on the whole lattice -> ``torchaudio.functional.rnnt_loss`` (when installed)
 
-Each case runs in a fresh subprocess; peak memory is the growth of ``ru_maxrss`` from after the inputs
-are built (and a tiny warm-up run) to the end of the timed runs. Prints a table and writes JSON.
+Each case runs in a fresh subprocess. Peak memory is measured from after the inputs are built (and a tiny
+warm-up run) to the end of the timed runs: on CPU the growth of ``ru_maxrss``, on a GPU
+``torch.cuda.max_memory_allocated`` above what was allocated then. Prints a table and writes JSON.
 
     python tools/bench/losses.py [--json tools/bench/results/losses.json] [--max-gb 8] [--threads 1]
+    python tools/bench/losses.py --device cuda --max-gb 40 --json tools/bench/results/losses_cuda.json
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ def _maxrss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def _run_worker(path: str, size: dict, repeats: int, threads: int) -> dict:
+def _run_worker(path: str, size: dict, repeats: int, threads: int, device: str) -> dict:
     import torch
 
     from asr.losses import (
@@ -51,6 +54,7 @@ def _run_worker(path: str, size: dict, repeats: int, threads: int) -> dict:
     )
 
     torch.set_num_threads(threads)
+    on_gpu = device != "cpu"
 
     def make_inputs(B, T, S, C):
         g = torch.Generator().manual_seed(0)
@@ -61,6 +65,7 @@ def _run_worker(path: str, size: dict, repeats: int, threads: int) -> dict:
             "am_proj": torch.randn(JOINER_DIM, C, generator=g) / JOINER_DIM**0.5,
             "lm_proj": torch.randn(JOINER_DIM, C, generator=g) / JOINER_DIM**0.5,
         }
+        params = {name: p.to(device) for name, p in params.items()}
         for p in params.values():
             p.requires_grad_()
         symbols = torch.randint(1, C, (B, S), generator=g)
@@ -70,7 +75,7 @@ def _run_worker(path: str, size: dict, repeats: int, threads: int) -> dict:
         s_lens[0] = S
         boundary = torch.zeros(B, 4, dtype=torch.int64)
         boundary[:, 2], boundary[:, 3] = s_lens, t_lens
-        return params, symbols, boundary
+        return params, symbols.to(device), boundary.to(device)
 
     def full_forward(p, symbols, boundary):
         logits = torch.tanh(p["enc"].unsqueeze(2) + p["dec"].unsqueeze(1)) @ p["joiner"]
@@ -99,16 +104,26 @@ def _run_worker(path: str, size: dict, repeats: int, threads: int) -> dict:
     # Warm up on a tiny case so that library loading is not counted as loss memory.
     forward(*make_inputs(2, 8, 3, 16)).backward()
     params, symbols, boundary = make_inputs(size["B"], size["T"], size["S"], size["C"])
-    baseline = _maxrss_bytes()
+    def now() -> float:
+        if on_gpu:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    if on_gpu:
+        torch.cuda.synchronize()
+        baseline = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        baseline = _maxrss_bytes()
     forward_s, backward_s, loss_value = [], [], None
     for _ in range(repeats):
         for p in params.values():
             p.grad = None
-        start = time.perf_counter()
+        start = now()
         loss = forward(params, symbols, boundary)
-        middle = time.perf_counter()
+        middle = now()
         loss.backward()
-        end = time.perf_counter()
+        end = now()
         forward_s.append(middle - start)
         backward_s.append(end - middle)
         loss_value = float(loss)
@@ -117,7 +132,7 @@ def _run_worker(path: str, size: dict, repeats: int, threads: int) -> dict:
         "status": "ok",
         "forward_s": min(forward_s),
         "backward_s": min(backward_s),
-        "peak_mem_mb": (_maxrss_bytes() - baseline) / 2**20,
+        "peak_mem_mb": ((torch.cuda.max_memory_allocated() if on_gpu else _maxrss_bytes()) - baseline) / 2**20,
         "loss": loss_value,
     }
 
@@ -128,7 +143,11 @@ def _estimated_full_gb(size: dict) -> float:
     return lattice * (2 * size["C"] + 3 * JOINER_DIM) * 4 / 1e9
 
 
-def _mem_available_gb() -> float:
+def _mem_available_gb(device: str) -> float:
+    if device != "cpu":
+        import torch
+
+        return torch.cuda.mem_get_info()[0] / 1e9
     with open("/proc/meminfo") as f:
         for line in f:
             if line.startswith("MemAvailable:"):
@@ -143,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--repeats", type=int, default=2, help="timed runs per case (the best is kept)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per case")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument(
         "--max-gb", type=float, default=8.0, help="skip full-lattice cases estimated to need more than this"
     )
@@ -151,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.worker:
         job = json.loads(args.worker)
-        print(json.dumps(_run_worker(job["path"], job["size"], args.repeats, args.threads)))
+        print(json.dumps(_run_worker(job["path"], job["size"], args.repeats, args.threads, args.device)))
         return 0
 
     print(f"{'path':<11}{'B':>3}{'T':>6}{'S':>5}{'C':>6}  {'fwd s':>8}{'bwd s':>8}{'peak MB':>10}  status")
@@ -160,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         for path in PATHS:
             row = {"path": path, **size, "s_range": S_RANGE if path == "pruned" else None}
             need_gb = _estimated_full_gb(size)
-            limit_gb = min(args.max_gb, 0.6 * _mem_available_gb())
+            limit_gb = min(args.max_gb, 0.6 * _mem_available_gb(args.device))
             if path == "torchaudio" and importlib.util.find_spec("torchaudio") is None:
                 row["status"] = "not installed"
             elif path != "pruned" and need_gb > limit_gb:
@@ -168,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 job = json.dumps({"path": path, "size": size})
                 cmd = [sys.executable, __file__, "--worker", job, "--repeats", str(args.repeats),
-                       "--threads", str(args.threads)]
+                       "--threads", str(args.threads), "--device", args.device]
                 env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
                 proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
                 if proc.returncode != 0:
@@ -194,10 +214,19 @@ def main(argv: list[str] | None = None) -> int:
                   f"time {summary[key]['time_ratio_full_over_pruned']:.1f}x")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     with open(args.json, "w") as f:
-        report = {"threads": args.threads, "joiner_dim": JOINER_DIM, "results": results, "summary": summary}
+        report = {"device": _device_name(args.device), "threads": args.threads, "joiner_dim": JOINER_DIM,
+                  "results": results, "summary": summary}
         json.dump(report, f, indent=2)
     print(f"wrote {args.json}")
     return 0
+
+
+def _device_name(device: str) -> str:
+    if device == "cpu":
+        return "cpu"
+    import torch
+
+    return torch.cuda.get_device_name()
 
 
 def _print_row(row: dict) -> None:

@@ -1,4 +1,5 @@
-"""Conformer and Efficient Conformer attention on the real Triton kernels, under the Triton interpreter.
+"""Conformer and Efficient Conformer attention on the real Triton kernels: under the Triton interpreter on
+CPU, or compiled on a CUDA GPU (``ASR_TEST_DEVICE=cuda``, no interpreter; ``tools/gpu_checks.sh`` runs them).
 
 Not collected by the default test run (the name does not match ``test_*.py``): ``TRITON_INTERPRET=1`` must
 be set before triton is imported and must not leak into other test files, so
@@ -17,8 +18,9 @@ from asr.encoders import build_encoder
 from asr.nn.attention import RelPositionMultiheadAttention
 from asr.nn.masks import chunked_mask, padding_mask
 
-if os.environ.get("TRITON_INTERPRET") != "1":
-    raise RuntimeError("run these cases through tests/test_kernel_encoders.py (they need TRITON_INTERPRET=1)")
+DEVICE = torch.device(os.environ.get("ASR_TEST_DEVICE", "cpu"))
+if DEVICE.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+    raise RuntimeError("run these cases through tests/test_kernel_encoders.py (on CPU they need TRITON_INTERPRET=1)")
 
 
 @pytest.fixture
@@ -65,16 +67,17 @@ def test_kernel_encoder_same_with_both_backends(kernel_calls, name, causal, kwar
     """Eval, padded batch of 2 with odd lengths: outputs and input gradients on valid frames agree between
     the "torch" and "triton" backends, and the "triton" run goes through the kernels once per layer."""
     torch.manual_seed(0)
-    encoder = build_encoder(name, causal=causal, **kwargs).eval()
-    features = torch.randn(len(lengths), max(lengths), 80)
-    feature_lens = torch.tensor(lengths)
+    encoder = build_encoder(name, causal=causal, **kwargs).eval().to(DEVICE)
+    features = torch.randn(len(lengths), max(lengths), 80).to(DEVICE)
+    feature_lens = torch.tensor(lengths, device=DEVICE)
     results = {}
     for backend in ("torch", "triton"):
         encoder.set_attention_backend(backend)
         x = features.clone().requires_grad_()
         y, y_lens = encoder(x, feature_lens)
-        valid = (torch.arange(y.shape[1]) < y_lens[:, None]).unsqueeze(-1)
-        (grad,) = torch.autograd.grad((y * valid * torch.cos(torch.arange(y.shape[-1]))).sum(), x)
+        valid = (torch.arange(y.shape[1], device=DEVICE) < y_lens[:, None]).unsqueeze(-1)
+        weight = torch.cos(torch.arange(y.shape[-1], device=DEVICE))
+        (grad,) = torch.autograd.grad((y * valid * weight).sum(), x)
         results[backend] = (y * valid, grad)
     torch.testing.assert_close(results["triton"][0], results["torch"][0], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(results["triton"][1], results["torch"][1], atol=1e-4, rtol=1e-4)
@@ -86,10 +89,10 @@ def test_kernel_grouped_attention_weights(kernel_calls):
     """need_weights goes through the weights kernel: group 3, head dim 90, chunk mask (group chunks of 2,
     one left chunk) and padding, 13 frames (not a multiple of 3)."""
     torch.manual_seed(1)
-    att = RelPositionMultiheadAttention(60, 2, group_size=3).eval()
-    x = torch.randn(2, 13, 60)
-    kwargs = dict(attn_mask=chunked_mask(13, 6, 1), key_padding_mask=padding_mask(torch.tensor([13, 8]), 13),
-                  need_weights=True)
+    att = RelPositionMultiheadAttention(60, 2, group_size=3).eval().to(DEVICE)
+    x = torch.randn(2, 13, 60).to(DEVICE)
+    kwargs = dict(attn_mask=chunked_mask(13, 6, 1).to(DEVICE),
+                  key_padding_mask=padding_mask(torch.tensor([13, 8]), 13).to(DEVICE), need_weights=True)
     results = {}
     for backend in ("torch", "triton"):
         att.attention_backend = backend

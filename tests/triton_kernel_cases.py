@@ -1,8 +1,10 @@
-"""The Triton kernels against the PyTorch references, under the Triton interpreter.
+"""The Triton kernels against the PyTorch references: under the Triton interpreter on CPU, or compiled on a
+CUDA GPU.
 
 Not collected by the default test run (the name does not match ``test_*.py``): ``TRITON_INTERPRET=1`` must
 be set before triton is imported and must not leak into other test files, so
 ``tests/test_kernels.py::test_kernels_under_triton_interpreter`` runs this file in a child pytest with it set.
+``tests/test_gpu.py`` runs the same cases compiled, with ``ASR_TEST_DEVICE=cuda`` and no interpreter.
 """
 
 from __future__ import annotations
@@ -11,19 +13,33 @@ import os
 
 import pytest
 import torch
+from asr_kernels.reference import (
+    rel_pos_attention_reference,
+    rel_pos_attention_weights_reference,
+)
+from test_kernels import DATA
+from test_kernels import _inputs as _cpu_inputs
 
 from asr.nn.fused_attention import (
     rel_pos_attention,
     resolve_backend,
 )
-from asr_kernels.reference import (
-    rel_pos_attention_reference,
-    rel_pos_attention_weights_reference,
-)
-from test_kernels import DATA, _inputs
 
-if os.environ.get("TRITON_INTERPRET") != "1":
-    raise RuntimeError("run these cases through tests/test_kernels.py (they need TRITON_INTERPRET=1)")
+DEVICE = torch.device(os.environ.get("ASR_TEST_DEVICE", "cpu"))
+if DEVICE.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+    raise RuntimeError("run these cases through tests/test_kernels.py (on CPU they need TRITON_INTERPRET=1)")
+
+
+def _inputs(*args, **kwargs) -> dict:
+    """``test_kernels._inputs`` (drawn on CPU, so both devices see the same numbers) moved to ``DEVICE``."""
+    return {
+        name: None if t is None else t.detach().to(DEVICE).requires_grad_(t.requires_grad)
+        for name, t in _cpu_inputs(*args, **kwargs).items()
+    }
+
+
+def _randn(*shape: int, seed: int) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to(DEVICE)
 
 GRAD_NAMES = ("q", "k", "v", "q_pos", "pos_table")
 
@@ -37,7 +53,7 @@ def _compare(x: dict, chunk_size: int, left_chunks: int, scale: float, weights: 
     got = kernel_fn(*args, chunk_size=chunk_size, left_chunks=left_chunks, scale=scale, **blocks)
     expected = reference_fn(*args, chunk_size=chunk_size, left_chunks=left_chunks, scale=scale)
     torch.testing.assert_close(got, expected, atol=2e-5, rtol=1e-4)
-    grad = torch.randn(got.shape, generator=torch.Generator().manual_seed(1))
+    grad = _randn(*got.shape, seed=1)
     names = [name for name in GRAD_NAMES if x[name] is not None and not (weights and name == "v")]
     got_grads = torch.autograd.grad(got, [x[name] for name in names], grad)
     expected_grads = torch.autograd.grad(expected, [x[name] for name in names], grad)
@@ -112,7 +128,7 @@ def test_kernel_both_positional_paths_agree_at_the_threshold(monkeypatch):
     x = _inputs(27, 33, 16, 16, 16, (33, 24), seed=8)
     args = (x["q"], x["k"], x["v"], x["q_pos"], x["pos_table"], x["key_bias"])
     names = list(GRAD_NAMES)
-    grad = torch.randn(2, 2, 27, 16, generator=torch.Generator().manual_seed(2))
+    grad = _randn(2, 2, 27, 16, seed=2)
     results = {}
     for threshold in (16, 17):
         monkeypatch.setattr(kernels, "_WIDE_POS_MIN_DIM", threshold)
@@ -168,7 +184,7 @@ def test_kernel_dispatch_forced_by_env(monkeypatch):
     monkeypatch.setenv("ASR_ATTENTION_BACKEND", "triton")
     x = _inputs(19, 19, 32, 12, 4, (19, 12))
     padding = torch.isinf(x["key_bias"])
-    assert resolve_backend("auto", torch.device("cpu")) == "triton"
+    assert resolve_backend("auto", DEVICE) == "triton"
     out = rel_pos_attention(x["q"], x["k"], x["v"], x["q_pos"], x["pos_table"], padding, 4, 1)
     expected = rel_pos_attention_reference(x["q"], x["k"], x["v"], x["q_pos"], x["pos_table"], x["key_bias"], 4, 1)
     torch.testing.assert_close(out, expected, atol=2e-5, rtol=1e-4)
@@ -183,7 +199,7 @@ def _check_float16(x: dict) -> None:
     out = kernels.rel_pos_attention(*half, x["key_bias"], chunk_size=8, left_chunks=1)
     assert out.dtype == torch.float16
     expected = rel_pos_attention_reference(*(x[name] for name in names), x["key_bias"], 8, 1)
-    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    grad = _randn(*out.shape, seed=1)
     got_grads = torch.autograd.grad(out, half, grad.half())
     expected_grads = torch.autograd.grad(expected, [x[name] for name in names], grad)
     for name, got, want in zip(["out"] + names, [out, *got_grads], [expected, *expected_grads]):
@@ -210,7 +226,7 @@ def test_kernel_rejects_bad_inputs():
     with pytest.raises(ValueError, match="chunk mask needs T_k >= T_q"):
         kernels.rel_pos_attention(x["q"], x["k"][:, :, :5], x["v"][:, :, :5], chunk_size=4)
     with pytest.raises(ValueError, match="key_bias is a mask"):
-        kernels.rel_pos_attention(x["q"], x["k"], x["v"], key_bias=torch.zeros(2, 10, requires_grad=True))
+        kernels.rel_pos_attention(x["q"], x["k"], x["v"], key_bias=torch.zeros(2, 10, device=DEVICE, requires_grad=True))
     with pytest.raises(ValueError, match="share a dtype"):
         kernels.rel_pos_attention(x["q"], x["k"], x["v"].double())
     with pytest.raises(ValueError, match="block_m must be a power of two"):
@@ -222,8 +238,9 @@ def test_kernel_zipformer_encoder_same_with_both_backends(causal, monkeypatch):
     """The tiny Zipformer of tests/data (eval, padded batch, chunked attention when causal): outputs and
     input gradients on valid frames agree between the "torch" and "triton" attention backends, and the
     "triton" run really goes through the kernels (2 attention calls and 1 weights call per layer)."""
-    from asr.encoders.zipformer import build_zipformer
     from asr_kernels import rel_pos_attention as kernels
+
+    from asr.encoders.zipformer import build_zipformer
 
     calls = []
 
@@ -245,9 +262,9 @@ def test_kernel_zipformer_encoder_same_with_both_backends(causal, monkeypatch):
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    model.eval()
-    features = torch.randn(2, 100, 80)
-    feature_lens = torch.tensor([100, 71])
+    model.eval().to(DEVICE)
+    features = torch.randn(2, 100, 80).to(DEVICE)
+    feature_lens = torch.tensor([100, 71], device=DEVICE)
     results = {}
     for backend in ("torch", "triton"):
         model.set_attention_backend(backend)
@@ -256,8 +273,9 @@ def test_kernel_zipformer_encoder_same_with_both_backends(causal, monkeypatch):
         torch.manual_seed(0)
         x = features.clone().requires_grad_()
         y, y_lens = model(x, feature_lens)
-        valid = (torch.arange(y.shape[1]) < y_lens[:, None]).unsqueeze(-1)
-        (grad,) = torch.autograd.grad((y * valid * torch.cos(torch.arange(y.shape[-1]))).sum(), x)
+        valid = (torch.arange(y.shape[1], device=DEVICE) < y_lens[:, None]).unsqueeze(-1)
+        weight = torch.cos(torch.arange(y.shape[-1], device=DEVICE))
+        (grad,) = torch.autograd.grad((y * valid * weight).sum(), x)
         results[backend] = (y * valid, grad)
     torch.testing.assert_close(results["triton"][0], results["torch"][0], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(results["triton"][1], results["torch"][1], atol=1e-4, rtol=1e-4)
