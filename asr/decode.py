@@ -78,24 +78,47 @@ def averaged_state_dict(end: dict, start: dict) -> dict[str, torch.Tensor]:
     return averaged
 
 
+def average_start(path: Path, end_batch: int, average_batches: int) -> Path | None:
+    """The checkpoint of ``path``'s run (same directory) to average from so that the average spans about
+    the last ``average_batches`` batches up to ``end_batch``; None, with a warning, when the directory
+    holds no earlier checkpoint (a run shorter than one checkpoint interval): there is nothing to average."""
+    if average_batches <= 0:
+        raise ValueError(f"--average-batches must be positive, got {average_batches}")
+    start = ckpt.checkpoint_near_batch(path.parent, end_batch - average_batches, before=end_batch)
+    if start is None:
+        log.warning("--average-batches %d: %s has no checkpoint of the run written before batch %d to average "
+                    "from; decoding the model of %s alone", average_batches, path.parent, end_batch, path.name)
+        return None
+    start_batch = ckpt.checkpoint_batch(start)
+    log.info("decoding the model averaged over batches %d-%d (from %s to %s)", start_batch + 1, end_batch,
+             start.name, path.name)
+    return start
+
+
 def load_checkpoint_for_decoding(
-    path: str | Path, lang_dir: str | Path | None = None, average_from: str | Path | None = None
+    path: str | Path, lang_dir: str | Path | None = None, average_from: str | Path | None = None,
+    average_batches: int | None = None,
 ) -> tuple[AsrModel, Tokenizer]:
     """A model in eval mode and its tokenizer from a training checkpoint (``asr train``; a directory
     means its newest checkpoint) or a model checkpoint (:func:`asr.models.save_model`). With
     ``average_from`` (an earlier checkpoint of the same run) the weights are the model averaged over
-    the training between the two. The tokenizer comes from ``lang_dir`` when given, else from the
-    files stored in the checkpoint."""
+    the training between the two; ``average_batches`` picks that checkpoint as the one of the same
+    directory nearest to that many batches back. The tokenizer comes from ``lang_dir`` when given, else
+    from the files stored in the checkpoint."""
+    if average_from is not None and average_batches is not None:
+        raise ValueError("give --average-from or --average-batches, not both")
     path = resolve_checkpoint(path)
     raw = torch.load(path, map_location="cpu", weights_only=False)
     if isinstance(raw, dict) and raw.get("format") == "asr-train":
         config = raw["build_config"]
         state_dict = raw["model"]
+        if average_batches is not None:
+            average_from = average_start(path, raw["state"]["batch_idx_train"], average_batches)
         if average_from is not None:
             state_dict = averaged_state_dict(raw, ckpt.load(resolve_checkpoint(average_from)))
         tokenizer_files = raw.get("tokenizer", {})
     else:
-        if average_from is not None:
+        if average_from is not None or average_batches is not None:
             raise ValueError(f"{path} is a model checkpoint; averaging needs training checkpoints")
         checkpoint = read_checkpoint(path)
         config, state_dict = checkpoint["config"], checkpoint["state_dict"]
@@ -331,6 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "default: characters when the model's tokenizer is a character table")
     parser.add_argument("--average-from", default=None,
                         help="an earlier checkpoint of the same run: decode the model averaged since then")
+    parser.add_argument("--average-batches", type=int, default=None,
+                        help="decode the model averaged over about the last N batches of the run: averages "
+                             "from the checkpoint in the same directory nearest to N batches back")
     parser.add_argument("--lm", default=None,
                         help="an ARPA n-gram LM over the model's tokens (asr lm train) for shallow fusion; "
                              "modified_beam_search only")
@@ -365,7 +391,14 @@ def main(argv: list[str] | None = None) -> int:
         torch.empty(0, device=device)
     except (RuntimeError, AssertionError) as error:
         parser.error(f"--device {args.device}: {error}")
-    model, tokenizer = load_checkpoint_for_decoding(args.checkpoint, args.lang_dir, args.average_from)
+    if args.average_from is not None and args.average_batches is not None:
+        parser.error("give --average-from or --average-batches, not both")
+    try:
+        model, tokenizer = load_checkpoint_for_decoding(
+            args.checkpoint, args.lang_dir, args.average_from, args.average_batches
+        )
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"asr decode: {error}") from None
     model.to(device)
     fusion = None
     if args.lm is not None:

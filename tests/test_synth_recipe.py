@@ -46,7 +46,7 @@ def test_synth_recipe_end_to_end(tmp_path):
     found = {m.group(1): m for m in lines if m}
     assert sorted(found) == ["dev", "test"], run.stdout[-2000:]
     for split, match in found.items():
-        results = exp / "decode-modified_beam_search-lm" / split
+        results = exp / "decode-modified_beam_search-lm-avg-500" / split
         refs = _texts(data / "fbank" / f"synth_cuts_{split}.jsonl.gz")
         hyps = {}
         for line in (results / "hyps.txt").read_text(encoding="utf-8").splitlines():

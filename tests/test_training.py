@@ -197,6 +197,47 @@ def _train(tmp_path: Path, lang: Path, train_cuts: Path, *extra: str) -> int:
 UNUSABLE = [(0.05, "你好"), (0.3, "你好世界你好世界"), (1.0, "你好吗"), (0.04, "世界")]
 
 
+def test_average_batches_decodes_the_mean_of_the_models_of_the_last_batches(corpus, tmp_path):
+    from asr.decode import load_checkpoint_for_decoding
+
+    exp_dir = tmp_path / "exp"
+    # A checkpoint after every batch, so the mean of the saved models is the reference.
+    subprocess.run(train_args(corpus, exp_dir, "--save-every-n", "1"), check=True, env=ENV, capture_output=True)
+    batches = ckpt.batch_checkpoints(exp_dir)
+    end_batch = ckpt.checkpoint_batch(batches[-1])
+    assert end_batch >= 5 and [ckpt.checkpoint_batch(p) for p in batches] == list(range(1, end_batch + 1))
+    assert ckpt.checkpoint_batch(exp_dir / "epoch-1.pt") == end_batch  # read from the file
+    # Nearest to the target among the checkpoints written before the end batch (epoch-1.pt is not).
+    assert ckpt.checkpoint_near_batch(exp_dir, end_batch - 3, before=end_batch).name == f"checkpoint-{end_batch - 3}.pt"
+    assert ckpt.checkpoint_near_batch(exp_dir, -50, before=end_batch).name == "checkpoint-1.pt"
+    assert ckpt.checkpoint_near_batch(exp_dir, 0, before=1) is None
+
+    model, _ = load_checkpoint_for_decoding(batches[-1], average_batches=3)
+    last_three = [ckpt.load(p)["model"] for p in batches[-3:]]
+    for key, value in model.state_dict().items():
+        if value.is_floating_point():
+            expected = sum(sd[key].double() for sd in last_three) / 3
+            torch.testing.assert_close(value.double(), expected, rtol=1e-5, atol=1e-6)
+
+    result = subprocess.run(
+        asr_command("decode", "--checkpoint", str(exp_dir), "--average-batches", "3", "--cuts", str(corpus["test"]),
+                    "--results-dir", str(tmp_path / "r")),
+        env=ENV, capture_output=True, text=True, check=True,
+    )
+    assert f"averaged over batches {end_batch - 2}-{end_batch}" in result.stderr
+    assert result.stdout.splitlines()[-1].startswith("WER ")
+    # The first checkpoint has nothing before it: a warning, and the model of that checkpoint alone.
+    first, _ = load_checkpoint_for_decoding(batches[0], average_batches=3)
+    for key, value in first.state_dict().items():
+        torch.testing.assert_close(value, ckpt.load(batches[0])["model"][key])
+    failed = subprocess.run(
+        asr_command("decode", "--checkpoint", str(batches[0]), "--average-batches", "0", "--cuts", str(corpus["test"])),
+        env=ENV, capture_output=True, text=True, check=False,
+    )
+    assert failed.returncode != 0
+    assert "--average-batches must be positive" in failed.stderr and "Traceback" not in failed.stderr
+
+
 def test_training_cuts_that_all_get_filtered_are_an_error_naming_the_file_and_reasons(tmp_path, char_lang, capsys):
     train_cuts = _write_cuts(tmp_path / "train.jsonl.gz", UNUSABLE)
     assert _train(tmp_path, char_lang, train_cuts) == 1

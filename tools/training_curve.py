@@ -4,6 +4,7 @@
     python tools/training_curve.py --exp-dir exp/synth --cuts data/synth/fbank/synth_cuts_test.jsonl.gz \
         [--batches 500 1000 1500] [--every 500] [--json curve.json] \
         [--method modified_beam_search --beam 8 --lm LANG/lm_4gram.arpa.gz --lm-scale 0.5 --lm-bonus 1.5]
+        [--average-batches N]
 
 For each chosen ``checkpoint-<batch>.pt`` it prints the batch, the epoch, the wall-clock minutes since the
 run started (the checkpoint file's time against the creation time in the first tensorboard event file's
@@ -52,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lm", default=None, help="ARPA token LM for shallow fusion (modified_beam_search)")
     parser.add_argument("--lm-scale", type=float, default=0.5)
     parser.add_argument("--lm-bonus", type=float, default=1.5)
+    parser.add_argument("--average-batches", type=int, default=None,
+                        help="decode each checkpoint's model averaged over about this many batches before it "
+                             "(asr decode --average-batches); checkpoints with none earlier are left out")
     parser.add_argument("--num-threads", type=int, default=None)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -83,7 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     for batch in chosen:
         path = available[batch]
         epoch = ckpt.load(path)["state"]["epoch"]
-        model, tokenizer = load_checkpoint_for_decoding(path)
+        try:
+            model, tokenizer = load_checkpoint_for_decoding(path, average_batches=args.average_batches)
+        except ValueError as error:  # nothing earlier to average from
+            print(f"{batch:>6} {epoch:>5}  left out: {error}", flush=True)
+            continue
         model.eval()
         if args.lm is not None and lm is None:  # every checkpoint of a run has the same tokenizer
             lm = NgramLM.load_arpa(args.lm, [tokenizer.id_to_token(i) for i in range(tokenizer.vocab_size)])
@@ -100,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"exp_dir": str(args.exp_dir), "cuts": args.cuts, "method": args.method,
                                          "beam": args.beam, "lm": args.lm, "lm_scale": args.lm_scale,
-                                         "lm_bonus": args.lm_bonus, "rows": rows}, indent=2))
+                                         "lm_bonus": args.lm_bonus, "average_batches": args.average_batches,
+                                         "rows": rows}, indent=2))
     return 0
 
 

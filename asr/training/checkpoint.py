@@ -15,7 +15,7 @@ import torch
 from asr.io import save_atomic
 
 __all__ = ["save_atomic", "load", "batch_checkpoints", "epoch_checkpoints", "newest_checkpoint",
-           "remove_old_batch_checkpoints", "average_state_dicts"]
+           "checkpoint_batch", "checkpoint_near_batch", "remove_old_batch_checkpoints", "average_state_dicts"]
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
@@ -58,6 +58,29 @@ def newest_checkpoint(exp_dir: str | Path) -> Path | None:
     last_batch = int(_BATCH_CKPT.match(batches[-1].name).group(1))
     epoch_batch = load(epochs[-1])["state"]["batch_idx_train"]
     return epochs[-1] if epoch_batch >= last_batch else batches[-1]
+
+
+def checkpoint_batch(path: str | Path) -> int:
+    """The number of batches trained on when ``path`` was written: from a batch checkpoint's name, else
+    read from the file (memory-mapped, so an epoch checkpoint's tensors are not read)."""
+    path = Path(path)
+    match = _BATCH_CKPT.match(path.name)
+    if match:
+        return int(match.group(1))
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=False, mmap=True)["state"]["batch_idx_train"])
+    except Exception as e:
+        raise ValueError(f"cannot read the batch count of checkpoint {path}: {e}") from e
+
+
+def checkpoint_near_batch(exp_dir: str | Path, target: int, before: int) -> Path | None:
+    """The batch or epoch checkpoint in ``exp_dir`` written nearest to batch ``target`` among those
+    written before batch ``before`` (the later one on a tie), or None if there is none."""
+    candidates = [(checkpoint_batch(p), p) for p in batch_checkpoints(exp_dir) + epoch_checkpoints(exp_dir)]
+    candidates = [(b, p) for b, p in candidates if b < before]
+    if not candidates:
+        return None
+    return min(candidates, key=lambda bp: (abs(bp[0] - target), -bp[0]))[1]
 
 
 def remove_old_batch_checkpoints(exp_dir: str | Path, keep_last: int) -> None:

@@ -23,7 +23,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "encoder": "zipformer-xs", "max_duration": 50.0, "num_epochs": 30, "base_lr": 0.045,
         "lr_batches": 1500.0, "lr_epochs": 2.0, "warmup_batches": 200.0, "warm_step": 500,
         "ref_duration": 0.25, "spec_augment": False, "save_every_n": 100, "average_period": 20,
-        "num_workers": 1,
+        "num_workers": 1, "keep_last_k": 8,  # the recipe decodes the model averaged over the last 500 batches
     },
     # icefall's LibriSpeech Zipformer recipe (per-GPU max duration 1000 s).
     "librispeech": {"encoder": "zipformer-medium", "max_duration": 1000.0, "num_epochs": 30, "base_lr": 0.045},

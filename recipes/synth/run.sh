@@ -26,11 +26,12 @@ num_epochs=30
 max_duration=50
 nj=2
 method=modified_beam_search
-beam=8
+beam=16
 lm_order=4
 lm_scale=0.5
 lm_bonus=1.5
 chunk_size=0
+average_batches=500
 
 usage="usage: $0 [--stage N] [--stop-stage M] [options]
   --stage, --stop-stage  first and last stage to run ($stage, $stop_stage)
@@ -50,7 +51,9 @@ usage="usage: $0 [--stage N] [--stop-stage M] [options]
   --lm-order N           order of the token n-gram LM; 0 for none ($lm_order)
   --lm-scale S           LM weight in modified_beam_search; 0 decodes without the LM ($lm_scale)
   --lm-bonus B           per-token score bonus that offsets the LM's cost of every token ($lm_bonus)
-  --chunk-size C         decode chunk by chunk with this chunk (causal models; 0 = full context, $chunk_size)"
+  --chunk-size C         decode chunk by chunk with this chunk (causal models; 0 = full context, $chunk_size)
+  --average-batches N    decode the model averaged over about the last N training batches (0: the last
+                         model; $average_batches)"
 
 . "$repo/recipes/parse_options.sh"
 
@@ -136,10 +139,16 @@ if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
     streaming=(--chunk-size "$chunk_size")
     suffix=$method-chunk-$chunk_size
   fi
+  averaging=()
+  if [ "$average_batches" != 0 ]; then
+    averaging=(--average-batches "$average_batches")
+    suffix=$suffix-avg-$average_batches
+  fi
   for split in dev test; do
-    log "Stage 4: decode $split with $method ${fusion[*]} ${streaming[*]}"
+    log "Stage 4: decode $split with $method ${fusion[*]} ${streaming[*]} ${averaging[*]}"
     wer=$(asr decode --checkpoint "$exp_dir" --cuts "$fbank_dir/synth_cuts_$split.jsonl.gz" --method "$method" \
-      --beam "$beam" "${fusion[@]}" "${streaming[@]}" --results-dir "$exp_dir/decode-$suffix/$split" | tail -n 1)
+      --beam "$beam" "${fusion[@]}" "${streaming[@]}" "${averaging[@]}" \
+      --results-dir "$exp_dir/decode-$suffix/$split" | tail -n 1)
     log "Stage 4: $split: $wer"
   done
 fi
