@@ -258,3 +258,30 @@ def test_an_empty_training_or_validation_set_is_an_error(tmp_path, char_lang, ca
     assert _train(tmp_path, char_lang, good, "--valid-cuts", str(valid)) == 1
     assert f"asr train: no usable validation cuts in {valid}: kept 0 of 1 cuts: 1 too short," in capsys.readouterr().err
     assert not list((tmp_path / "exp").glob("*.pt"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_non_finite_gradients_names_exactly_the_bad_parameters(dtype):
+    from asr.training.trainer import non_finite_gradients
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2)).to(dtype)
+    params = dict(model.named_parameters())
+
+    def set_grads(values: dict[str, float]) -> list[str]:
+        for name, p in params.items():
+            p.grad = torch.randn_like(p)
+        model[1].bias.grad = None  # parameters without a gradient are ignored
+        for name, value in values.items():
+            params[name].grad.view(-1)[1] = value
+        # Reference: the per-parameter check, one tensor at a time.
+        return [n for n, p in params.items() if p.grad is not None and not torch.isfinite(p.grad).all()]
+
+    assert set_grads({}) == [] and non_finite_gradients(model) == []
+    expected = set_grads({"0.weight": float("inf"), "1.weight": float("nan")})
+    assert expected == ["0.weight", "1.weight"] and non_finite_gradients(model) == expected
+    expected = set_grads({"0.bias": float("-inf")})
+    assert non_finite_gradients(model) == expected == ["0.bias"]
+    # Large but finite entries: a norm that overflows (fp16) must not make the step look bad.
+    for p in params.values():
+        p.grad = torch.full_like(p, 6e4)
+    assert non_finite_gradients(model) == []

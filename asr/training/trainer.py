@@ -101,11 +101,28 @@ class TrainState:
     skipped_batches: int = 0  # non-finite loss or gradients
 
 
-def set_batch_count(model: nn.Module, batch_count: float) -> None:
-    """Tell every scheduled module (Balancer, Whiten, ScheduledFloat users) the adjusted batch count."""
-    for module in model.modules():
-        if hasattr(module, "batch_count"):
-            module.batch_count = batch_count
+def scheduled_modules(model: nn.Module) -> list[nn.Module]:
+    """The modules whose behaviour follows the batch count (Balancer, Whiten, ScheduledFloat users)."""
+    return [module for module in model.modules() if hasattr(module, "batch_count")]
+
+
+def set_batch_count(modules: list[nn.Module], batch_count: float) -> None:
+    """Tell each of ``modules`` (see :func:`scheduled_modules`) the adjusted batch count."""
+    for module in modules:
+        module.batch_count = batch_count
+
+
+def non_finite_gradients(model: nn.Module) -> list[str]:
+    """Names of the parameters whose gradient holds an inf or NaN."""
+    named = [(name, p.grad) for name, p in model.named_parameters() if p.grad is not None]
+    if not named:
+        return []
+    # One fused norm per gradient and one check; inf and NaN both make a norm non-finite. Only a bad
+    # step pays for the per-parameter search.
+    norms = torch._foreach_norm([grad for _, grad in named])
+    if torch.isfinite(torch.stack(norms)).all():
+        return []
+    return [name for name, grad in named if not torch.isfinite(grad).all()]
 
 
 def seed_everything(seed: int) -> None:
@@ -174,6 +191,7 @@ class Trainer:
             ).to(torch.float64)
             self.model_avg.load_state_dict(self.model.state_dict())
         self.ddp_model = dist_utils.wrap(self.model, self.world, self.device)
+        self.scheduled = scheduled_modules(self.model)
 
         self.optimizer = ScaledAdam(self.model.named_parameters(), lr=config.base_lr, clipping_scale=2.0)
         self.scheduler = Eden(
@@ -285,7 +303,7 @@ class Trainer:
     def train_step(self, batch: dict[str, Any]) -> dict[str, float] | None:
         """Forward, backward and update; returns stats, or None if the batch was skipped as non-finite."""
         self.model.train()
-        set_batch_count(self.model, self.adjusted_batch_count())
+        set_batch_count(self.scheduled, self.adjusted_batch_count())
         loss, stats = self.compute_loss(batch, training=True)
         # All ranks skip together: a rank that went on to backward() would wait forever (or fail) in the
         # gradient all-reduce that the skipping rank never joins.
@@ -295,9 +313,7 @@ class Trainer:
             return None
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
-        non_finite = [
-            name for name, p in self.model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()
-        ]
+        non_finite = non_finite_gradients(self.model)
         if non_finite:
             # The scaler lowers its scale on this step; with fp16 that is routine, otherwise a real problem.
             shown = ", ".join(non_finite[:3]) + (" ..." if len(non_finite) > 3 else "")
