@@ -137,7 +137,7 @@ if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
   fi
   if [ "$chunk_size" != 0 ]; then
     streaming=(--chunk-size "$chunk_size")
-    suffix=$method-chunk-$chunk_size
+    suffix=$suffix-chunk-$chunk_size
   fi
   averaging=()
   if [ "$average_batches" != 0 ]; then
