@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import kaldialign
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 WER_LINE = re.compile(r"Stage 4: (dev|test): WER \S+% \[(\d+) / (\d+), (\d+) ins, (\d+) del, (\d+) sub\]$")
@@ -30,7 +31,7 @@ def test_synth_recipe_end_to_end(tmp_path):
     data, exp = tmp_path / "data", tmp_path / "exp"
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", OMP_NUM_THREADS="1")
     args = ["--num-utts", "40", "--data-dir", str(data), "--exp-dir", str(exp), "--vocab-size", "60",
-            "--num-epochs", "1", "--train-minutes", "2", "--nj", "1"]
+            "--num-epochs", "1", "--train-minutes", "2", "--nj", "1", "--lr-epochs", "0.25"]
     run = subprocess.run(["bash", str(REPO / "recipes/synth/run.sh"), *args], capture_output=True, text=True, env=env)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
 
@@ -40,6 +41,10 @@ def test_synth_recipe_end_to_end(tmp_path):
         lm_text = set(f.read().splitlines())
     assert len(lm_text) > 1000 and not lm_text & set(evaluation.values())
     assert (data / "lang_bpe_60" / "lm_4gram.arpa.gz").is_file()
+
+    # --lr-epochs reached the trainer (the preset's value is 2).
+    checkpoint = torch.load(exp / "epoch-1.pt", map_location="cpu", weights_only=False)
+    assert checkpoint["config"]["lr_epochs"] == 0.25
 
     # Stage 4 decoded with beam search and LM fusion, one WER line per split, each equal to kaldialign's.
     lines = [WER_LINE.search(line) for line in run.stdout.splitlines()]

@@ -24,6 +24,7 @@ vocab_size=256
 train_minutes=24
 num_epochs=30
 max_duration=30
+lr_epochs=preset
 nj=2
 method=modified_beam_search
 beam=32
@@ -45,6 +46,8 @@ usage="usage: $0 [--stage N] [--stop-stage M] [options]
   --train-minutes M      wall-clock training budget; 0 for no limit ($train_minutes)
   --num-epochs E         at most this many epochs ($num_epochs)
   --max-duration S       seconds of audio per batch ($max_duration)
+  --lr-epochs E          Eden's epoch constant (default: the preset's, 2); scale it with 10000/--num-utts on a larger
+                         corpus, so the learning rate decays with the audio seen as it does in the demo
   --nj N                 parallel jobs for corpus and features ($nj)
   --method M             greedy | modified_beam_search | ctc_greedy | ctc_prefix_beam_search ($method)
   --beam K               beam of modified_beam_search / ctc_prefix_beam_search ($beam)
@@ -117,6 +120,10 @@ if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
   if [ "$train_minutes" != 0 ]; then
     limit=(--max-minutes "$train_minutes")
   fi
+  schedule=()
+  if [ "$lr_epochs" != preset ]; then
+    schedule=(--lr-epochs "$lr_epochs")
+  fi
   causal_flag=--no-causal
   if [ "$causal" = true ]; then
     causal_flag=--causal
@@ -124,7 +131,7 @@ if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
   asr train --preset synth-cpu --encoder "$encoder" "$causal_flag" \
     --train-cuts "$fbank_dir/synth_cuts_train.jsonl.gz" --valid-cuts "$fbank_dir/synth_cuts_dev.jsonl.gz" \
     --lang-dir "$lang_dir" --exp-dir "$exp_dir" --num-epochs "$num_epochs" --max-duration "$max_duration" \
-    "${limit[@]}"
+    "${limit[@]}" "${schedule[@]}"
 fi
 
 if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
