@@ -5,7 +5,8 @@ Audio files of any sample rate (wav, flac, ogg, mp3 where libsndfile reads it) a
 ``--cuts`` the references are scored: ``R/hyps.txt``, ``R/refs.txt``, ``R/errs.txt`` and a final
 ``WER ...`` line, or ``CER ...`` when scoring characters: the default for a model with a character
 table (Mandarin transcripts have no spaces to split words at), forced either way by
-``--chars`` / ``--no-chars``. ``--chunk-size`` runs a causal model chunk by chunk through its
+``--chars`` / ``--no-chars``. Where the cuts name speakers, ``R/utt2spk`` and ``R/wer_by_speaker.txt``
+(each speaker's error rate and share of the errors, worst first) are written too. ``--chunk-size`` runs a causal model chunk by chunk through its
 streaming forward.
 """
 
@@ -16,7 +17,7 @@ import logging
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -147,6 +148,7 @@ class Utterance:
     id: str
     features: torch.Tensor  # (T, 80)
     reference: str | None = None
+    speaker: str | None = None
 
 
 def utterances_from_files(paths: Iterable[str], errors: list[str]) -> Iterator[Utterance]:
@@ -180,7 +182,8 @@ def utterances_from_cuts(cuts_path: str, errors: list[str]) -> Iterator[Utteranc
             log.error("%s", message)
             continue
         text = " ".join(s.text for s in cut.supervisions if s.text)
-        yield Utterance(id=cut.id, features=features, reference=text)
+        speaker = next((s.speaker for s in cut.supervisions if s.speaker), None)
+        yield Utterance(id=cut.id, features=features, reference=text, speaker=speaker)
 
 
 def batches(utterances: Iterable[Utterance], max_frames: int) -> Iterator[list[Utterance]]:
@@ -288,6 +291,7 @@ class DecodeResult:
     errors: list[str]
     audio_seconds: float
     compute_seconds: float
+    speakers: dict[str, str] = field(default_factory=dict)  # id -> speaker, where the input names one
 
     @property
     def real_time_factor(self) -> float:
@@ -312,6 +316,7 @@ def decode(
     ``fusion`` adds an n-gram LM to modified beam search."""
     hyps: dict[str, str] = {}
     refs: dict[str, str] = {}
+    speakers: dict[str, str] = {}
     audio_seconds = compute_seconds = 0.0
     for batch in batches(utterances, max_frames):
         started = time.perf_counter()
@@ -330,9 +335,11 @@ def decode(
             hyps[utt.id] = text
             if utt.reference is not None:
                 refs[utt.id] = utt.reference
+            if utt.speaker is not None:
+                speakers[utt.id] = utt.speaker
             if on_result is not None:
                 on_result(utt.id, text)
-    return DecodeResult(hyps, refs, errors if errors is not None else [], audio_seconds, compute_seconds)
+    return DecodeResult(hyps, refs, errors if errors is not None else [], audio_seconds, compute_seconds, speakers)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -419,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
         file=sys.stderr,
     )
     if args.cuts:
-        from asr.wer import compute_wer, write_error_stats
+        from asr.wer import compute_wer, format_group_table, wer_by_group, write_error_stats
 
         checkpoint_dir = Path(args.checkpoint) if Path(args.checkpoint).is_dir() else Path(args.checkpoint).parent
         results_dir = Path(args.results_dir or checkpoint_dir / f"decode-{args.method}")
@@ -429,6 +436,14 @@ def main(argv: list[str] | None = None) -> int:
                 f.writelines(f"{uid}\t{text}\n" for uid, text in texts.items())
         wer = compute_wer(result.references, result.hypotheses, unit=scoring_unit(tokenizer, args.chars))
         write_error_stats(results_dir / "errs.txt", wer)
+        if result.speakers:
+            # Kaldi's utt2spk beside the texts, so `asr wer --utt2spk` can rescore; the table shows
+            # which voices the errors come from.
+            with open(results_dir / "utt2spk", "w", encoding="utf-8") as f:
+                f.writelines(f"{uid} {speaker}\n" for uid, speaker in result.speakers.items())
+            table = format_group_table(wer_by_group(wer, result.speakers))
+            (results_dir / "wer_by_speaker.txt").write_text(table + "\n", encoding="utf-8")
+            log.info("error rate per speaker in %s", results_dir / "wer_by_speaker.txt")
         print(wer.summary_line())
     if errors:
         print(f"{len(errors)} input(s) could not be decoded:", file=sys.stderr)

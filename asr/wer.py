@@ -7,8 +7,9 @@ frequent errors are reported, ending with a Kaldi/icefall-like line::
     WER 12.50% [3 / 24, 1 ins, 1 del, 1 sub]
 
 An id present in REF but not in HYP is scored as all-deletions (with a warning naming it); an id only
-in HYP cannot be scored and is reported. ``compute_wer`` and ``write_error_stats`` are the Python
-API that ``asr decode`` uses.
+in HYP cannot be scored and is reported. With ``--utt2spk`` (Kaldi's ``<id> <speaker>`` lines) the
+error rate of each speaker is listed too, worst first, with its share of all errors. ``compute_wer``,
+``write_error_stats`` and ``wer_by_group`` are the Python API that ``asr decode`` uses.
 """
 
 from __future__ import annotations
@@ -177,6 +178,36 @@ def format_per_utterance(result: WerResult, only_errors: bool = True) -> str:
     return "\n".join(lines)
 
 
+def wer_by_group(result: WerResult, group_of: dict[str, str], unknown: str = "<none>") -> dict[str, WerResult]:
+    """Split ``result`` into one :class:`WerResult` per group (a speaker, say): ``group_of`` maps an
+    utterance id to its group; an id it lacks goes to ``unknown``. Groups come in first-seen order."""
+    groups: dict[str, WerResult] = {}
+    for utt in result.utterances:
+        group = groups.setdefault(group_of.get(utt.id, unknown), WerResult(unit=result.unit))
+        group.utterances.append(utt)
+        group.ref_words += len(utt.ref)
+        group.insertions += utt.insertions
+        group.deletions += utt.deletions
+        group.substitutions += utt.substitutions
+    return groups
+
+
+def format_group_table(groups: dict[str, WerResult], title: str = "speaker") -> str:
+    """One line per group, worst first: utterances, reference words, errors, error rate and the
+    group's share of all errors (where a test set's errors come from)."""
+    name = "CER" if any(g.unit == "char" for g in groups.values()) else "WER"
+    total_errors = sum(g.errors for g in groups.values())
+    width = max([len(title)] + [len(key) for key in groups])
+    lines = [f"{title:<{width}}  {'utts':>5}  {'words':>6}  {'errors':>6}  {name:>7}  {'share':>6}"]
+    for key, group in sorted(groups.items(), key=lambda kv: (-kv[1].wer, kv[0])):
+        share = 100 * group.errors / total_errors if total_errors else 0.0
+        lines.append(
+            f"{key:<{width}}  {len(group.utterances):>5}  {group.ref_words:>6}  {group.errors:>6}  "
+            f"{100 * group.wer:>6.2f}%  {share:>5.1f}%"
+        )
+    return "\n".join(lines)
+
+
 def write_error_stats(path_or_file: str | Path | TextIO, result: WerResult, top: int | None = None) -> None:
     """Write the full report: summary, every utterance's alignment, and all error counts.
 
@@ -228,10 +259,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--errs", type=Path, help="write the full per-utterance report here instead of stdout")
     parser.add_argument("--top", type=int, default=10, help="how many of the most frequent errors to list")
     parser.add_argument("--chars", action="store_true", help="score characters (CER), ignoring spaces")
+    parser.add_argument("--utt2spk", type=Path,
+                        help="Kaldi-style '<id> <speaker>' lines: also print the error rate of each speaker")
     args = parser.parse_args(argv)
 
     try:
         refs, hyps = read_text_file(args.ref), read_text_file(args.hyp)
+        utt2spk = read_text_file(args.utt2spk) if args.utt2spk is not None else None
     except (OSError, ValueError) as e:
         print(f"asr wer: {e}", file=sys.stderr)
         return 1
@@ -253,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
             print(per_utt)
     print(format_top_errors(result, top=args.top))
     print(f"{len(result.utterances)} utterances, {sum(u.errors > 0 for u in result.utterances)} with errors")
+    if utt2spk is not None:
+        print(format_group_table(wer_by_group(result, utt2spk)))
     print(result.summary_line())
     return 0
 

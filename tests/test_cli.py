@@ -86,7 +86,8 @@ def _char_model_and_cuts(tmp_path):
         wav = tmp_path / f"{uid}.wav"
         soundfile.write(wav, rng.normal(0, 0.1, 16000).astype(np.float32), 16000)
         cut = Recording.from_file(wav, recording_id=uid).to_cut()
-        cut.supervisions = [SupervisionSegment(uid, uid, start=0, duration=cut.duration, text=text)]
+        speaker = "spk-b" if uid == "u3" else "spk-a"
+        cut.supervisions = [SupervisionSegment(uid, uid, start=0, duration=cut.duration, text=text, speaker=speaker)]
         cuts.append(cut)
     CutSet.from_cuts(cuts).to_file(tmp_path / "cuts.jsonl.gz")
     return tmp_path / "model.pt", tmp_path / "cuts.jsonl.gz", texts
@@ -136,6 +137,16 @@ def test_decode_scores_characters_for_a_character_table_model(tmp_path, capsys):
     summary, hyps = run("words", "--method", "ctc_greedy", "--no-chars")
     assert summary.group(1) == "WER" and counts(summary) == expected(hyps, str.split)
     assert counts(summary)[1] == 7
+    # The cuts name speakers: utt2spk and the per-speaker table, whose rows add up to the summary.
+    results = tmp_path / "words"
+    assert (results / "utt2spk").read_text() == "u1 spk-a\nu2 spk-a\nu3 spk-b\n"
+    rows = {row.split()[0]: row.split()[1:] for row in (results / "wer_by_speaker.txt").read_text().splitlines()[1:]}
+    assert sorted(rows) == ["spk-a", "spk-b"]
+    assert [rows["spk-a"][:2], rows["spk-b"][:2]] == [["2", "6"], ["1", "1"]]  # utterances, words
+    assert sum(int(row[2]) for row in rows.values()) == counts(summary)[0]
+    refs_a = {k: refs[k] for k in ("u1", "u2")}
+    errors_a = sum(kaldialign.edit_distance(refs_a[k].split(), hyps[k].split())["total"] for k in refs_a)
+    assert int(rows["spk-a"][2]) == errors_a
 
 
 def test_decode_scoring_unit_follows_the_tokenizer_unless_forced(tmp_path):

@@ -8,7 +8,7 @@ import warnings
 
 import pytest
 
-from asr.wer import EPS, compute_wer, main, read_text_file, write_error_stats
+from asr.wer import EPS, compute_wer, format_group_table, main, read_text_file, wer_by_group, write_error_stats
 
 
 def levenshtein(ref: list[str], hyp: list[str]) -> int:
@@ -89,6 +89,41 @@ def test_missing_and_extra_ids_are_reported():
     assert (result.deletions, result.ref_words, result.insertions) == (3, 5, 0)  # u9 is not scored
 
 
+def test_wer_by_group_matches_scoring_each_group_alone():
+    rng = random.Random(1)
+    vocab = ["a", "b", "c", "d", "e"]
+    refs, hyps, group_of = {}, {}, {}
+    for i in range(60):
+        refs[f"u{i}"] = " ".join(rng.choice(vocab) for _ in range(rng.randint(1, 8)))
+        hyps[f"u{i}"] = " ".join(rng.choice(vocab) for _ in range(rng.randint(0, 8)))
+        if i % 7:  # every 7th utterance has no speaker
+            group_of[f"u{i}"] = rng.choice(["spk1", "spk2", "spk3"])
+    groups = wer_by_group(compute_wer(refs, hyps), group_of, unknown="?")
+    assert sorted(groups) == ["?", "spk1", "spk2", "spk3"]
+    for name, group in groups.items():
+        ids = [u for u in refs if group_of.get(u, "?") == name]
+        alone = compute_wer({u: refs[u] for u in ids}, {u: hyps[u] for u in ids})
+        assert [u.id for u in group.utterances] == ids
+        assert (group.ref_words, group.insertions, group.deletions, group.substitutions) == (
+            alone.ref_words, alone.insertions, alone.deletions, alone.substitutions
+        )
+        errors = sum(levenshtein(refs[u].split(), hyps[u].split()) for u in ids)
+        assert group.errors == errors
+
+
+def test_group_table_is_worst_first_with_shares_of_the_errors():
+    refs = {"a1": "x y z w", "a2": "x y", "b1": "x y z", "c1": "x"}
+    hyps = {"a1": "x y z w", "a2": "x q", "b1": "q q q", "c1": "x"}  # a: 1/6, b: 3/3, c: 0/1
+    groups = wer_by_group(compute_wer(refs, hyps), {"a1": "a", "a2": "a", "b1": "b", "c1": "c"})
+    lines = format_group_table(groups).splitlines()
+    assert lines[0].split() == ["speaker", "utts", "words", "errors", "WER", "share"]
+    assert [line.split() for line in lines[1:]] == [
+        ["b", "1", "3", "3", "100.00%", "75.0%"],
+        ["a", "2", "6", "1", "16.67%", "25.0%"],
+        ["c", "1", "1", "0", "0.00%", "0.0%"],
+    ]
+
+
 def test_character_error_rate():
     result = compute_wer({"u": "今天 天气 好"}, {"u": "今天天汽好啊"}, unit="char")
     assert (result.ref_words, result.substitutions, result.insertions, result.deletions) == (5, 1, 1, 0)
@@ -130,6 +165,22 @@ def test_cli_output(tmp_path, capsys):
     report = errs.read_text(encoding="utf-8")
     assert report.splitlines()[0] == out.strip().splitlines()[-1]
     assert "u2:\t0 err / 2" in report and "(missing->*) (here->*)" in report
+
+
+def test_cli_per_speaker_table(tmp_path, capsys):
+    ref, hyp, utt2spk = tmp_path / "ref.txt", tmp_path / "hyp.txt", tmp_path / "utt2spk"
+    ref.write_text("u1 the cat sat\nu2 good morning\nu3 one two three four\n", encoding="utf-8")
+    hyp.write_text("u1 the bat sat\nu2 good morning\nu3 one two\n", encoding="utf-8")
+    utt2spk.write_text("u1 alice\nu2 alice\nu3 bob\n", encoding="utf-8")
+    assert main([str(ref), str(hyp), "--utt2spk", str(utt2spk)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert SUMMARY.match(lines[-1]).groups() == ("33.33", "3", "9", "0", "2", "1")
+    table = [line.split() for line in lines[-4:-1]]
+    assert table == [
+        ["speaker", "utts", "words", "errors", "WER", "share"],
+        ["bob", "1", "4", "2", "50.00%", "66.7%"],
+        ["alice", "2", "5", "1", "20.00%", "33.3%"],
+    ]
 
 
 def test_write_error_stats_to_path_and_file(tmp_path):
