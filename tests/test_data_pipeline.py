@@ -23,6 +23,7 @@ from asr.data.augment import (
     make_spec_augment,
     musan_noise_cuts,
     speed_perturb,
+    speed_perturb_one_of,
 )
 from asr.data.datamodule import (
     AsrDataModule,
@@ -124,6 +125,19 @@ def test_fbank_cli_stores_features_and_speed_perturbs(tmp_path):
     stored = by_id["utt1"].load_features()
     direct = compute_fbank(load_audio(tmp_path / "utt1.wav"), 16000).numpy()
     np.testing.assert_allclose(stored, direct, atol=LILCOM_ATOL)
+
+    # "one-of": each cut once, at the speed the seed draws; a perturbed cut's features are the fbank
+    # of its resampled audio.
+    out = tmp_path / "fbank" / "one_of.jsonl.gz"
+    argv = ["--cuts", str(tmp_path / "in.jsonl.gz"), "--out", str(out), "--speed-perturb", "one-of", "--seed", "1"]
+    assert features_module.main(argv) == 0
+    written = CutSet.from_file(out)
+    assert sorted(i.rsplit("_sp", 1)[0] for i in written.ids) == sorted(base_ids)
+    for cut in written:
+        np.testing.assert_allclose(cut.load_features(), compute_fbank(cut.load_audio()[0], 16000).numpy(),
+                                   atol=LILCOM_ATOL)
+    with pytest.raises(ValueError, match="speed_perturb must be one of"):
+        compute_and_store_fbank(written, tmp_path / "x", speed_perturb="twice")
 
 
 # ------------------------------------------------------------------------------ subsampling & filter
@@ -408,6 +422,26 @@ def test_speed_perturb_adds_two_copies():
     assert len(durations) == 6
     assert durations["c001_sp0.9"] == pytest.approx(2.0 / 0.9, abs=1e-3)
     assert durations["c000_sp1.1"] == pytest.approx(1.0 / 1.1, abs=1e-3)
+
+
+def test_speed_perturb_one_of_keeps_each_cut_once():
+    durations = [1.0 + 0.01 * i for i in range(300)]
+    cuts = audio_free_cuts(durations)
+    perturbed = speed_perturb_one_of(cuts, seed=3)
+    assert len(perturbed) == 300
+    by_base = {c.id.rsplit("_sp", 1)[0]: c for c in perturbed}
+    assert sorted(by_base) == sorted(cuts.ids)
+    speeds = {"": 0, "_sp0.9": 0, "_sp1.1": 0}
+    for cut in cuts:
+        new = by_base[cut.id]
+        suffix = new.id[len(cut.id):]
+        speeds[suffix] += 1
+        factor = {"": 1.0, "_sp0.9": 0.9, "_sp1.1": 1.1}[suffix]
+        assert new.duration == pytest.approx(cut.duration / factor, abs=1e-3)
+    assert all(70 <= n <= 130 for n in speeds.values()), speeds  # a third each, binomial(300, 1/3) +- 4 sd
+    assert list(speed_perturb_one_of(cuts, seed=3).ids) == list(perturbed.ids)
+    assert list(speed_perturb_one_of(cuts, seed=4).ids) != list(perturbed.ids)
+    assert list(speed_perturb_one_of(cuts, factors=(1.0,)).ids) == list(cuts.ids)
 
 
 def test_musan_noise_cuts_are_windowed(tmp_path):

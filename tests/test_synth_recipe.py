@@ -31,7 +31,8 @@ def test_synth_recipe_end_to_end(tmp_path):
     data, exp = tmp_path / "data", tmp_path / "exp"
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", OMP_NUM_THREADS="1")
     args = ["--num-utts", "40", "--data-dir", str(data), "--exp-dir", str(exp), "--vocab-size", "60",
-            "--num-epochs", "1", "--train-minutes", "2", "--nj", "1", "--lr-epochs", "0.25"]
+            "--num-epochs", "1", "--train-minutes", "2", "--nj", "1", "--lr-epochs", "0.25",
+            "--speed-perturb", "one-of"]
     run = subprocess.run(["bash", str(REPO / "recipes/synth/run.sh"), *args], capture_output=True, text=True, env=env)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
 
@@ -41,6 +42,15 @@ def test_synth_recipe_end_to_end(tmp_path):
         lm_text = set(f.read().splitlines())
     assert len(lm_text) > 1000 and not lm_text & set(evaluation.values())
     assert (data / "lang_bpe_60" / "lm_4gram.arpa.gz").is_file()
+
+    # --speed-perturb one-of: train holds each utterance once, some at 0.9x or 1.1x; dev and test as spoken.
+    train_ids = sorted(_texts(data / "fbank" / "synth_cuts_train.jsonl.gz"))
+    spoken_ids = sorted(_texts(data / "synth_cuts_train.jsonl.gz"))
+    assert sorted(i.rsplit("_sp", 1)[0] for i in train_ids) == spoken_ids
+    assert any(i.endswith("_sp0.9") for i in train_ids) and any(i.endswith("_sp1.1") for i in train_ids)
+    assert any(i in spoken_ids for i in train_ids)
+    assert sorted(_texts(data / "fbank" / "synth_cuts_test.jsonl.gz")) == sorted(_texts(data / "synth_cuts_test.jsonl.gz"))
+    assert (data / "fbank" / ".train.done").read_text().strip() == "one-of"
 
     # --lr-epochs reached the trainer (the preset's value is 2).
     checkpoint = torch.load(exp / "epoch-1.pt", map_location="cpu", weights_only=False)

@@ -18,7 +18,7 @@ from lhotse import CutSet, Recording, RecordingSet
 from lhotse.dataset import CutMix, SpecAugment
 
 __all__ = [
-    "make_spec_augment", "speed_perturb", "make_noise_mixer", "make_noise_cuts", "make_babble",
+    "make_spec_augment", "speed_perturb", "speed_perturb_one_of", "make_noise_mixer", "make_noise_cuts", "make_babble",
     "musan_noise_cuts", "SOX_NOISE_TYPES",
 ]
 
@@ -60,6 +60,22 @@ def speed_perturb(cuts: CutSet, factors: Sequence[float] = (0.9, 1.1)) -> CutSet
     for factor in factors:
         result = result + cuts.perturb_speed(factor)
     return result
+
+
+def speed_perturb_one_of(cuts: CutSet, factors: Sequence[float] = (0.9, 1.0, 1.1), seed: int = 0) -> CutSet:
+    """Each cut replaced by itself at one speed drawn uniformly from ``factors`` (1.0 keeps it as is).
+
+    Unlike :func:`speed_perturb`, the number of cuts and (for factors around 1) the hours stay the
+    same, so an epoch, and Eden's schedule over epochs, keep their length; the voices still vary in
+    pitch and formants. The draw is fixed by ``seed``; perturbed ids get lhotse's ``_sp<factor>`` suffix.
+    """
+    rng = random.Random(seed)
+
+    def one_speed(cut):
+        factor = rng.choice(factors)
+        return cut if factor == 1.0 else cut.perturb_speed(factor)
+
+    return CutSet.from_cuts([one_speed(cut) for cut in cuts])
 
 
 def make_noise_mixer(

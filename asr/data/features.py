@@ -17,13 +17,18 @@ import torch
 from lhotse import CutSet, Fbank, FbankConfig, LilcomChunkyWriter
 
 from asr.data.audio import resample
+from asr.data.augment import speed_perturb as add_speed_perturbed_copies
+from asr.data.augment import speed_perturb_one_of
 
-__all__ = ["FEATURE_DIM", "SAMPLE_RATE", "FRAME_SHIFT", "make_fbank_extractor", "compute_fbank",
-           "compute_and_store_fbank", "main"]
+__all__ = ["FEATURE_DIM", "SAMPLE_RATE", "FRAME_SHIFT", "SPEED_PERTURB_MODES", "make_fbank_extractor",
+           "compute_fbank", "compute_and_store_fbank", "main"]
 
 FEATURE_DIM = 80
 SAMPLE_RATE = 16000
 FRAME_SHIFT = 0.01  # seconds
+# "copies": each cut plus its 0.9x and 1.1x copies (3x the data, icefall's way); "one-of": each cut
+# at one of 0.9x, 1x, 1.1x (the same cuts and hours, so epochs keep their length).
+SPEED_PERTURB_MODES = ("off", "copies", "one-of")
 
 log = logging.getLogger(__name__)
 
@@ -56,21 +61,29 @@ def compute_and_store_fbank(
     cuts: CutSet,
     storage_path: str | Path,
     num_workers: int = 1,
-    speed_perturb: bool = False,
+    speed_perturb: str = "off",
+    seed: int = 0,
 ) -> CutSet:
-    """Resample ``cuts`` to 16 kHz, optionally add 0.9x/1.1x speed-perturbed copies, and store fbank.
+    """Resample ``cuts`` to 16 kHz, optionally speed-perturb them, and store fbank.
+
+    ``speed_perturb`` is one of :data:`SPEED_PERTURB_MODES`: ``"copies"`` adds 0.9x and 1.1x copies,
+    ``"one-of"`` replaces each cut by itself at one of 0.9x/1x/1.1x drawn with ``seed``.
 
     Features go to lilcom-compressed chunk files under ``storage_path``. Cuts whose audio cannot be
     read are left out of the result with a warning naming them (lhotse's loader reports the file).
 
     Returns:
-        The cuts with ``features`` attached (perturbed copies carry lhotse's ``_sp0.9``/``_sp1.1`` id suffix).
+        The cuts with ``features`` attached (perturbed cuts carry lhotse's ``_sp0.9``/``_sp1.1`` id suffix).
     """
+    if speed_perturb not in SPEED_PERTURB_MODES:
+        raise ValueError(f"speed_perturb must be one of {SPEED_PERTURB_MODES}, not {speed_perturb!r}")
     Path(storage_path).parent.mkdir(parents=True, exist_ok=True)
     cuts = cuts.to_eager()
     cuts = CutSet.from_cuts(c if c.sampling_rate == SAMPLE_RATE else c.resample(SAMPLE_RATE) for c in cuts)
-    if speed_perturb:
-        cuts = cuts + cuts.perturb_speed(0.9) + cuts.perturb_speed(1.1)
+    if speed_perturb == "copies":
+        cuts = add_speed_perturbed_copies(cuts, (0.9, 1.1))
+    elif speed_perturb == "one-of":
+        cuts = speed_perturb_one_of(cuts, (0.9, 1.0, 1.1), seed)
     # Fbank runs at ~1000x real time in one process, so workers only pay off on big corpora; each
     # worker gets one torch thread, as several workers with a thread per core each ran 20x slower
     # than one process on a 2-core machine.
@@ -116,7 +129,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--storage-dir", type=Path, default=None,
                         help="where the feature files go (default: next to --out, named after it)")
     parser.add_argument("--num-workers", type=int, default=1, help="parallel processes (default 1)")
-    parser.add_argument("--speed-perturb", action="store_true", help="add 0.9x and 1.1x speed-perturbed copies")
+    parser.add_argument(
+        "--speed-perturb", nargs="?", const="copies", default="off", choices=SPEED_PERTURB_MODES,
+        help="'copies' (the default when given alone): add 0.9x and 1.1x copies, 3x the data; 'one-of': "
+        "each cut at one of 0.9x/1x/1.1x, the same cuts and hours (drawn with --seed)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the 'one-of' speed draw")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -130,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     storage_dir = args.storage_dir if args.storage_dir is not None else _default_storage_dir(args.out)
     storage_dir.mkdir(parents=True, exist_ok=True)
     with_feats = compute_and_store_fbank(
-        cuts, storage_dir / "feats", num_workers=args.num_workers, speed_perturb=args.speed_perturb
+        cuts, storage_dir / "feats", num_workers=args.num_workers, speed_perturb=args.speed_perturb,
+        seed=args.seed,
     )
     if len(with_feats) == 0:
         log.error("no cut of %s could be read; nothing written", args.cuts)

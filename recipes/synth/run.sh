@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The offline recipe: runs anywhere, downloads nothing. Stages (icefall-style):
 #   0  build the TTS corpus (espeak-ng, flite, festival, piper)   -> $data_dir
-#   1  80-dim fbank of train/dev/test                             -> $data_dir/fbank
+#   1  80-dim fbank of train/dev/test (train optionally speed-perturbed) -> $data_dir/fbank
 #   2  BPE lang dir from the training transcripts, and a token n-gram LM on the corpus's sentence
 #      pool minus every dev/test sentence                           -> $data_dir/lang_bpe_$vocab_size
 #   3  train a transducer + CTC model for $train_minutes minutes  -> $exp_dir
@@ -25,6 +25,7 @@ train_minutes=24
 num_epochs=30
 max_duration=30
 lr_epochs=preset
+speed_perturb=off
 nj=2
 method=modified_beam_search
 beam=32
@@ -48,6 +49,8 @@ usage="usage: $0 [--stage N] [--stop-stage M] [options]
   --max-duration S       seconds of audio per batch ($max_duration)
   --lr-epochs E          Eden's epoch constant (default: the preset's, 2); scale it with 10000/--num-utts on a larger
                          corpus, so the learning rate decays with the audio seen as it does in the demo
+  --speed-perturb MODE   speed perturbation of train: off | one-of (each utterance at one of 0.9x/1x/1.1x,
+                         the same hours) | copies (plus 0.9x and 1.1x copies, 3x the hours) ($speed_perturb)
   --nj N                 parallel jobs for corpus and features ($nj)
   --method M             greedy | modified_beam_search | ctc_greedy | ctc_prefix_beam_search ($method)
   --beam K               beam of modified_beam_search / ctc_prefix_beam_search ($beam)
@@ -81,14 +84,23 @@ fi
 if [ "$stage" -le 1 ] && [ "$stop_stage" -ge 1 ]; then
   mkdir -p "$fbank_dir"
   for split in train dev test; do
-    if [ -f "$fbank_dir/.$split.done" ] && [ "$fbank_dir/.$split.done" -nt "$data_dir/synth_cuts_$split.jsonl.gz" ]; then
+    perturb=off
+    if [ "$split" = train ]; then
+      perturb=$speed_perturb
+    fi
+    # The marker holds the perturbation it was made with (an empty one, from before the option, means
+    # off), so changing --speed-perturb recomputes train.
+    marker=$fbank_dir/.$split.done
+    if [ -f "$marker" ] && [ "$marker" -nt "$data_dir/synth_cuts_$split.jsonl.gz" ] \
+        && { [ "$(cat "$marker")" = "$perturb" ] || { [ "$perturb" = off ] && [ ! -s "$marker" ]; }; }; then
       log "Stage 1: fbank of $split done before, skipping"
       continue
     fi
-    log "Stage 1: fbank of $split"
+    log "Stage 1: fbank of $split (speed perturbation: $perturb)"
+    rm -rf "$fbank_dir/feats_$split"
     asr data fbank --cuts "$data_dir/synth_cuts_$split.jsonl.gz" --out "$fbank_dir/synth_cuts_$split.jsonl.gz" \
-      --storage-dir "$fbank_dir/feats_$split" --num-workers "$nj"
-    touch "$fbank_dir/.$split.done"
+      --storage-dir "$fbank_dir/feats_$split" --num-workers "$nj" --speed-perturb "$perturb" --seed "$seed"
+    echo "$perturb" > "$marker"
   done
 fi
 
