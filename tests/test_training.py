@@ -285,3 +285,44 @@ def test_non_finite_gradients_names_exactly_the_bad_parameters(dtype):
     for p in params.values():
         p.grad = torch.full_like(p, 6e4)
     assert non_finite_gradients(model) == []
+
+
+def test_make_gpu_data_subsets_features_and_slims_the_checkpoint(corpus, tmp_path):
+    """tools/make_gpu_data.py: the first N cuts with the same features, and a model.pt without training
+    state that decodes exactly like the checkpoint it came from."""
+    import importlib.util
+
+    from lhotse import load_manifest
+
+    exp_dir, recipe_dir, out = tmp_path / "exp", tmp_path / "recipe", tmp_path / "gpu"
+    subprocess.run(train_args(corpus, exp_dir), check=True, env=ENV, capture_output=True)
+    for split in ("train", "test"):
+        subprocess.run(asr_command("data", "fbank", "--cuts", str(corpus[split]), "--out",
+                                   str(recipe_dir / "fbank" / f"synth_cuts_{split}.jsonl.gz")),
+                       check=True, env=ENV, capture_output=True)
+    spec = importlib.util.spec_from_file_location("make_gpu_data", Path(__file__).parents[1] / "tools" /
+                                                  "make_gpu_data.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    checkpoint = exp_dir / "epoch-1.pt"
+    assert tool.main([str(recipe_dir), str(checkpoint), str(out), "--train", "5", "--test", "100",
+                      "--lang-dir", str(corpus["lang"])]) == 0
+
+    for split, expected in (("train", 5), ("test", len(load_manifest(corpus["test"])))):
+        source = list(load_manifest(recipe_dir / "fbank" / f"synth_cuts_{split}.jsonl.gz"))[:expected]
+        copied = list(load_manifest(out / "data" / f"cuts_{split}.jsonl.gz"))
+        assert [c.id for c in copied] == [c.id for c in source]
+        for a, b in zip(source, copied):
+            assert b.features.storage_path != a.features.storage_path
+            assert (b.load_features() == a.load_features()).all()
+    assert sorted(p.name for p in (out / "lang").iterdir()) == ["bpe.model", "tokens.txt"]
+
+    slim = ckpt.load(out / "model.pt")
+    assert set(slim) <= set(tool.DECODE_KEYS) and "optimizer" not in slim and "model_avg" not in slim
+    decoded = {}
+    for name, path in (("full", checkpoint), ("slim", out / "model.pt")):
+        subprocess.run(asr_command("decode", "--checkpoint", str(path), "--cuts",
+                                   str(out / "data" / "cuts_test.jsonl.gz"), "--results-dir", str(tmp_path / name)),
+                       env=ENV, check=True, capture_output=True)
+        decoded[name] = (tmp_path / name / "hyps.txt").read_text()
+    assert decoded["slim"] == decoded["full"] and decoded["full"].strip()
