@@ -45,6 +45,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor, nn
 
+from asr.nn.depthwise import DepthwiseConv1d
 from asr.nn.fused_attention import (
     BACKENDS,
     RelPosAttentionInputs,
@@ -509,9 +510,7 @@ class ConvolutionModule(nn.Module):
         if causal:
             self.depthwise_conv = ChunkCausalDepthwiseConv1d(channels=channels, kernel_size=kernel_size)
         else:
-            self.depthwise_conv = nn.Conv1d(
-                channels, channels, kernel_size=kernel_size, groups=channels, padding=kernel_size // 2
-            )
+            self.depthwise_conv = DepthwiseConv1d(channels, kernel_size=kernel_size, padding=kernel_size // 2)
         self.balancer2 = Balancer(
             channels, channel_dim=1,
             min_positive=ScheduledFloat((0.0, 0.1), (8000.0, 0.05)),

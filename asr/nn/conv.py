@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from asr.nn.depthwise import DepthwiseConv1d
+
 __all__ = ["ConformerConvModule", "Conv2dSubsampling2", "Conv2dSubsampling4"]
 
 
@@ -45,9 +47,8 @@ class ConformerConvModule(nn.Module):
         self.out_channels = out_channels
         self.norm = nn.LayerNorm(in_channels)
         self.pointwise_conv1 = nn.Conv1d(in_channels, 2 * out_channels, kernel_size=1)
-        self.depthwise_conv = nn.Conv1d(
-            out_channels, out_channels, kernel_size, stride=stride, groups=out_channels,
-            padding=0 if causal else kernel_size // 2,
+        self.depthwise_conv = DepthwiseConv1d(
+            out_channels, kernel_size, stride=stride, padding=0 if causal else kernel_size // 2
         )
         self.batch_norm = nn.BatchNorm1d(out_channels)
         self.pointwise_conv2 = nn.Conv1d(out_channels, out_channels, kernel_size=1)

@@ -23,6 +23,8 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from asr.nn.depthwise import DepthwiseConv1d
+
 __all__ = [
     "ActivationDropoutAndLinear",
     "Balancer",
@@ -861,17 +863,8 @@ class ChunkCausalDepthwiseConv1d(nn.Module):
         if kernel_size % 2 != 1:
             raise ValueError(f"ChunkCausalDepthwiseConv1d: kernel_size must be odd, got {kernel_size}")
         half_kernel_size = (kernel_size + 1) // 2
-        self.causal_conv = nn.Conv1d(
-            channels, channels, kernel_size=half_kernel_size, groups=channels, padding=0, bias=True
-        )
-        self.chunkwise_conv = nn.Conv1d(
-            channels,
-            channels,
-            kernel_size=kernel_size,
-            groups=channels,
-            padding=kernel_size // 2,
-            bias=bias,
-        )
+        self.causal_conv = DepthwiseConv1d(channels, kernel_size=half_kernel_size, padding=0, bias=True)
+        self.chunkwise_conv = DepthwiseConv1d(channels, kernel_size=kernel_size, padding=kernel_size // 2, bias=bias)
         # Row 0: corrections near the left edge of a chunk; row 1: near the right edge.
         self.chunkwise_conv_scale = nn.Parameter(torch.zeros(2, channels, kernel_size))
         self.kernel_size = kernel_size
