@@ -7,7 +7,8 @@ Audio files of any sample rate (wav, flac, ogg, mp3 where libsndfile reads it) a
 table (Mandarin transcripts have no spaces to split words at), forced either way by
 ``--chars`` / ``--no-chars``. Where the cuts name speakers, ``R/utt2spk`` and ``R/wer_by_speaker.txt``
 (each speaker's error rate and share of the errors, worst first) are written too. ``--chunk-size`` runs a causal model chunk by chunk through its
-streaming forward.
+streaming forward. Modified beam search takes a token n-gram LM (``--lm``, shallow fusion) and a word list
+(``--lexicon``: a penalty per hypothesis word not in it, see :mod:`asr.decoding.lexicon`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from asr.decoding import (
     greedy_search,
     modified_beam_search,
 )
+from asr.decoding.lexicon import Lexicon
 from asr.models import AsrModel, model_from_config, read_checkpoint
 from asr.models.lm import NgramLM
 from asr.streaming import is_streaming_encoder, simulate_streaming
@@ -45,6 +47,7 @@ log = logging.getLogger("asr.decode")
 METHODS = ("greedy", "modified_beam_search", "ctc_greedy", "ctc_prefix_beam_search")
 SAMPLE_RATE = 16000
 FRAME_SHIFT = 0.01  # seconds per fbank frame
+DEFAULT_OOV_PENALTY = 3.0
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -249,9 +252,17 @@ class LmFusion:
     bonus: float = 0.0  # reward per emitted token
 
 
+@dataclass
+class LexiconPenalty:
+    """Word-list penalty for modified beam search: ``penalty`` per hypothesis word not in ``lexicon``."""
+
+    lexicon: Lexicon
+    penalty: float
+
+
 def search(
     model: AsrModel, method: str, enc_out: torch.Tensor, enc_lens: torch.Tensor, beam: int,
-    fusion: LmFusion | None = None,
+    fusion: LmFusion | None = None, lexicon: LexiconPenalty | None = None,
 ) -> list[Hypothesis]:
     if method in ("greedy", "modified_beam_search") and not model.has_transducer:
         raise ValueError(f"--method {method} needs a transducer head; this model has {model.heads}")
@@ -259,15 +270,17 @@ def search(
         raise ValueError(f"--method {method} needs a CTC head; this model has {model.heads}")
     if fusion is not None and method != "modified_beam_search":
         raise ValueError(f"LM fusion is implemented for modified_beam_search only, not {method}")
+    if lexicon is not None and method != "modified_beam_search":
+        raise ValueError(f"the lexicon penalty is implemented for modified_beam_search only, not {method}")
     if method == "greedy":
         return greedy_search(model, enc_out, enc_lens)
     if method == "modified_beam_search":
-        if fusion is None:
-            return modified_beam_search(model, enc_out, enc_lens, beam=beam)
-        return modified_beam_search(
-            model, enc_out, enc_lens, beam=beam, lm=fusion.lm, lm_scale=fusion.scale, lm_final=fusion.final,
-            lm_bonus=fusion.bonus,
-        )
+        options = {}
+        if fusion is not None:
+            options.update(lm=fusion.lm, lm_scale=fusion.scale, lm_final=fusion.final, lm_bonus=fusion.bonus)
+        if lexicon is not None:
+            options.update(lexicon=lexicon.lexicon, oov_penalty=lexicon.penalty)
+        return modified_beam_search(model, enc_out, enc_lens, beam=beam, **options)
     log_probs = model.ctc_log_probs(enc_out)
     if method == "ctc_greedy":
         return ctc_greedy_search(log_probs, enc_lens)
@@ -311,9 +324,10 @@ def decode(
     errors: list[str] | None = None,
     on_result=None,
     fusion: LmFusion | None = None,
+    lexicon: LexiconPenalty | None = None,
 ) -> DecodeResult:
     """Decode utterances in batches; ``on_result(id, text)`` is called as each hypothesis is ready.
-    ``fusion`` adds an n-gram LM to modified beam search."""
+    ``fusion`` adds an n-gram LM to modified beam search, ``lexicon`` a penalty on words outside a list."""
     hyps: dict[str, str] = {}
     refs: dict[str, str] = {}
     speakers: dict[str, str] = {}
@@ -327,7 +341,7 @@ def decode(
         )
         features, feature_lens = features.to(device), feature_lens.to(device)
         enc_out, enc_lens = encode(model, features, feature_lens, chunk_size, left_context_frames)
-        results = search(model, method, enc_out, enc_lens, beam, fusion)
+        results = search(model, method, enc_out, enc_lens, beam, fusion, lexicon)
         compute_seconds += time.perf_counter() - started
         audio_seconds += float(feature_lens.sum()) * FRAME_SHIFT
         for utt, hyp in zip(batch, results):
@@ -374,6 +388,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lm-bonus", type=float, default=1.5,
                         help="with --lm: reward per emitted token, against the deletions LM fusion causes "
                              "(default: best on the synth dev set)")
+    parser.add_argument("--lexicon", action="append", default=None, metavar="FILE",
+                        help="a word list or text (.gz read as gzip; case matched to the tokens; repeat for "
+                             "more): modified beam search subtracts --oov-penalty per hypothesis word not in them")
+    parser.add_argument("--oov-penalty", type=float, default=DEFAULT_OOV_PENALTY,
+                        help="with --lexicon: score penalty per unknown word (default: best on the synth dev set)")
     parser.add_argument("--max-frames", type=int, default=30000, help="frames per padded batch")
     parser.add_argument("--num-threads", type=int, default=None)
     parser.add_argument("--device", default="cpu",
@@ -389,6 +408,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--lm needs --method modified_beam_search (got {args.method})")
     if args.lm_scale < 0:
         parser.error(f"--lm-scale must be >= 0, got {args.lm_scale}")
+    if args.lexicon is not None and args.method != "modified_beam_search":
+        parser.error(f"--lexicon needs --method modified_beam_search (got {args.method})")
+    if args.oov_penalty < 0:
+        parser.error(f"--oov-penalty must be >= 0, got {args.oov_penalty}")
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
     if not args.cuts and not args.audio:
@@ -414,11 +437,20 @@ def main(argv: list[str] | None = None) -> int:
             fusion = LmFusion(NgramLM.load_arpa(args.lm, symbols), args.lm_scale, args.lm_final, args.lm_bonus)
         except (OSError, ValueError) as error:
             parser.error(f"--lm {args.lm}: {error}")
+    lexicon = None
+    if args.lexicon is not None:
+        pieces = [tokenizer.id_to_token(i) for i in range(tokenizer.vocab_size)]
+        try:
+            lexicon = LexiconPenalty(Lexicon.from_files(args.lexicon, pieces), args.oov_penalty)
+        except (OSError, ValueError) as error:
+            parser.error(f"--lexicon: {error}")
+        log.info("lexicon: %d words, penalty %g per unknown word", len(lexicon.lexicon), args.oov_penalty)
     errors: list[str] = []
     utterances = utterances_from_cuts(args.cuts, errors) if args.cuts else utterances_from_files(args.audio, errors)
     result = decode(
         model, tokenizer, utterances, args.method, args.beam, args.chunk_size, args.left_context_frames,
         args.max_frames, errors, on_result=lambda uid, text: print(f"{uid}\t{text}", flush=True), fusion=fusion,
+        lexicon=lexicon,
     )
     print(
         f"decoded {len(result.hypotheses)} utterances, {result.audio_seconds:.1f} s of audio, "

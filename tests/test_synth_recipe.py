@@ -76,3 +76,16 @@ def test_synth_recipe_end_to_end(tmp_path):
         words = sum(len(ref.split()) for ref in refs.values())
         expected = (sum(counts.values()), words, counts["ins"], counts["del"], counts["sub"])
         assert tuple(int(match.group(i)) for i in range(2, 7)) == expected
+
+    # Stage 4 again with the lexicon penalty: the lexicon is the train transcripts' words and the LM text
+    # (--word-list "" leaves out the system word list), the results go to their own directory.
+    lex = subprocess.run(["bash", str(REPO / "recipes/synth/run.sh"), *args, "--stage", "4", "--oov-penalty", "5",
+                          "--word-list", ""], capture_output=True, text=True, env=env)
+    assert lex.returncode == 0, lex.stdout[-3000:] + lex.stderr[-3000:]
+    assert f"--lexicon {data}/lang_bpe_60/transcript_words.txt --lexicon {data}/lm_text.txt.gz" in lex.stdout
+    assert sorted(m.group(1) for m in map(WER_LINE.search, lex.stdout.splitlines()) if m) == ["dev", "test"]
+    for split in ("dev", "test"):
+        assert (exp / "decode-modified_beam_search-lm-lex-5-avg-500" / split / "hyps.txt").is_file()
+    greedy = subprocess.run(["bash", str(REPO / "recipes/synth/run.sh"), *args, "--stage", "4", "--method", "greedy",
+                             "--oov-penalty", "5"], capture_output=True, text=True, env=env)
+    assert greedy.returncode != 0 and "--oov-penalty needs --method modified_beam_search" in greedy.stderr

@@ -4,9 +4,10 @@
 set -euo pipefail
 
 # festvox-*: festival's kal, ked and cmu_us_slt_arctic_hts voices; fortunes-zh: the Mandarin
-# sentences of `asr data synth --language cmn` (asr/data/synth.py).
+# sentences of `asr data synth --language cmn` (asr/data/synth.py); wamerican-large: the word list of
+# the synth recipe's decoding lexicon (--oov-penalty).
 packages=(espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts
-          sox libsox-fmt-all fortunes fortunes-min wordnet-base fortunes-zh)
+          sox libsox-fmt-all fortunes fortunes-min wordnet-base fortunes-zh wamerican-large)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

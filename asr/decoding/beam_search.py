@@ -10,6 +10,7 @@ import torch
 
 from asr.decoding.greedy import TransducerModel, check_encoder_output, start_context
 from asr.decoding.hypothesis import Hypothesis
+from asr.decoding.lexicon import Lexicon
 from asr.models.lm import NgramLM
 
 
@@ -20,6 +21,8 @@ class _BeamEntry:
     log_prob: float  # transducer log-probability, merged over alignments
     lm_state: tuple[int, ...] = ()
     lm_log_prob: float = 0.0  # LM log-probability of ``tokens`` (a function of them, so merging keeps it)
+    partial_word: str = ""  # with a lexicon: the text's unfinished last word
+    unknown_words: int = 0  # with a lexicon: words of the text not in it (see asr.decoding.lexicon)
 
 
 def _add_merging(beam: dict[tuple[int, ...], _BeamEntry], entry: _BeamEntry) -> None:
@@ -43,6 +46,8 @@ def modified_beam_search(
     lm_scale: float = 0.0,
     lm_final: bool = True,
     lm_bonus: float = 0.0,
+    lexicon: Lexicon | None = None,
+    oov_penalty: float = 0.0,
 ) -> list[Hypothesis]:
     """Modified beam search: at most one symbol per frame.
 
@@ -64,15 +69,21 @@ def modified_beam_search(
             picking the best (the fused score is what ``length_norm`` divides).
         lm_bonus: with an LM, a reward added to the fused score per emitted token; it offsets the LM's
             cost of every token, which blank does not pay, and so the deletions that fusion causes.
+        lexicon, oov_penalty: subtract ``oov_penalty`` from the ranking score per word of the hypothesis
+            that is not in ``lexicon`` (an unfinished last word counts once no listed word starts with it;
+            see :mod:`asr.decoding.lexicon`); the final pick includes it too.
     Returns:
         one :class:`Hypothesis` per utterance; ``score`` is its (merged) total transducer log-probability,
-        without the LM.
+        without the LM or the lexicon penalty.
     """
     if beam < 1:
         raise ValueError(f"beam must be >= 1, got {beam}")
     if lm_scale < 0:
         raise ValueError(f"lm_scale must be >= 0, got {lm_scale}")
+    if oov_penalty < 0:
+        raise ValueError(f"oov_penalty must be >= 0, got {oov_penalty}")
     fusion = lm is not None and lm_scale > 0
+    constrained = lexicon is not None and oov_penalty > 0
     lens = check_encoder_output(enc_out, enc_lens)
     decoder, joiner = model.decoder, model.joiner
     blank, context_size = decoder.blank_id, decoder.context_size
@@ -109,6 +120,14 @@ def modified_beam_search(
             ranked = log_probs + lm_scale * lm_log_probs + bonus
         else:
             ranked = log_probs
+        if constrained:
+            unknown = torch.from_numpy(np.stack([lexicon.deltas(entry.partial_word) for _, entry in flat])).double()
+            if unknown.size(1) != vocab_size:
+                raise ValueError(f"the lexicon has {unknown.size(1)} token ids, the model {vocab_size}")
+            unknown[:, blank] = 0.0
+            unknown_prior = torch.tensor([float(entry.unknown_words) for _, entry in flat], dtype=torch.float64)
+            unknown = (unknown + unknown_prior.unsqueeze(1)).to(device)  # (M, V)
+            ranked = ranked - oov_penalty * unknown
 
         offset = 0
         for i in active:
@@ -119,19 +138,27 @@ def modified_beam_search(
             top_scores, top_indices = candidates.topk(min(beam, candidates.numel()))
             top_log_probs = log_probs[rows].flatten()[top_indices].tolist()
             top_lm = lm_log_probs[rows].flatten()[top_indices].tolist() if fusion else [0.0] * len(top_log_probs)
+            top_unknown = (
+                unknown[rows].flatten()[top_indices].round().long().tolist() if constrained else [0] * len(top_log_probs)
+            )
             next_beam: dict[tuple[int, ...], _BeamEntry] = {}
-            for score, log_prob, lm_log_prob, index in zip(
-                top_scores.tolist(), top_log_probs, top_lm, top_indices.tolist()
+            for score, log_prob, lm_log_prob, num_unknown, index in zip(
+                top_scores.tolist(), top_log_probs, top_lm, top_unknown, top_indices.tolist()
             ):
                 source, token = entries[index // vocab_size], index % vocab_size
                 if token == blank:
-                    entry = _BeamEntry(source.tokens, source.timestamps, log_prob, source.lm_state, lm_log_prob)
+                    entry = _BeamEntry(
+                        source.tokens, source.timestamps, log_prob, source.lm_state, lm_log_prob,
+                        source.partial_word, num_unknown,
+                    )
                 elif fusion and score == -math.inf:  # a token the LM gives no probability (<sos/eos>)
                     continue
                 else:
                     lm_state = lm.next_state(source.lm_state, token) if fusion else ()
+                    partial_word = lexicon.next_partial(source.partial_word, token) if constrained else ""
                     entry = _BeamEntry(
-                        source.tokens + (token,), source.timestamps + (t,), log_prob, lm_state, lm_log_prob
+                        source.tokens + (token,), source.timestamps + (t,), log_prob, lm_state, lm_log_prob,
+                        partial_word, num_unknown,
                     )
                 _add_merging(next_beam, entry)
             beams[i] = next_beam
@@ -141,6 +168,8 @@ def modified_beam_search(
         if fusion:
             lm_log_prob = entry.lm_log_prob + (lm.final_log_prob(entry.lm_state) if lm_final else 0.0)
             score += lm_scale * lm_log_prob + lm_bonus * len(entry.tokens)
+        if constrained:
+            score -= oov_penalty * (entry.unknown_words + lexicon.final_delta(entry.partial_word))
         return score / (len(entry.tokens) + context_size) if length_norm else score
 
     hyps = []

@@ -32,6 +32,8 @@ beam=32
 lm_order=4
 lm_scale=0.5
 lm_bonus=1.5
+oov_penalty=0
+word_list=/usr/share/dict/american-english-large
 chunk_size=0
 average_batches=500
 
@@ -57,6 +59,10 @@ usage="usage: $0 [--stage N] [--stop-stage M] [options]
   --lm-order N           order of the token n-gram LM; 0 for none ($lm_order)
   --lm-scale S           LM weight in modified_beam_search; 0 decodes without the LM ($lm_scale)
   --lm-bonus B           per-token score bonus that offsets the LM's cost of every token ($lm_bonus)
+  --oov-penalty P        modified_beam_search: score penalty per hypothesis word outside the lexicon (the
+                         words of the train transcripts, the LM text and --word-list); 0 = off ($oov_penalty)
+  --word-list FILE       an English word list added to the lexicon where it exists ($word_list,
+                         Debian's wamerican-large)
   --chunk-size C         decode chunk by chunk with this chunk (causal models; 0 = full context, $chunk_size)
   --average-batches N    decode the model averaged over about the last N training batches (0: the last
                          model; $average_batches)"
@@ -158,15 +164,27 @@ if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
     streaming=(--chunk-size "$chunk_size")
     suffix=$suffix-chunk-$chunk_size
   fi
+  lexicon=()
+  if [ "$oov_penalty" != 0 ]; then
+    if [ "$method" != modified_beam_search ]; then
+      echo "$0: --oov-penalty needs --method modified_beam_search (got $method)" >&2
+      exit 1
+    fi
+    lexicon=(--oov-penalty "$oov_penalty")
+    for words in "$lang_dir/transcript_words.txt" "$data_dir/lm_text.txt.gz" "$word_list"; do
+      [ -n "$words" ] && [ -f "$words" ] && lexicon+=(--lexicon "$words")
+    done
+    suffix=$suffix-lex-$oov_penalty
+  fi
   averaging=()
   if [ "$average_batches" != 0 ]; then
     averaging=(--average-batches "$average_batches")
     suffix=$suffix-avg-$average_batches
   fi
   for split in dev test; do
-    log "Stage 4: decode $split with $method ${fusion[*]} ${streaming[*]} ${averaging[*]}"
+    log "Stage 4: decode $split with $method ${fusion[*]} ${lexicon[*]} ${streaming[*]} ${averaging[*]}"
     wer=$(asr decode --checkpoint "$exp_dir" --cuts "$fbank_dir/synth_cuts_$split.jsonl.gz" --method "$method" \
-      --beam "$beam" "${fusion[@]}" "${streaming[@]}" "${averaging[@]}" \
+      --beam "$beam" "${fusion[@]}" "${lexicon[@]}" "${streaming[@]}" "${averaging[@]}" \
       --results-dir "$exp_dir/decode-$suffix/$split" | tail -n 1)
     log "Stage 4: $split: $wer"
   done
