@@ -89,3 +89,16 @@ def test_synth_recipe_end_to_end(tmp_path):
     greedy = subprocess.run(["bash", str(REPO / "recipes/synth/run.sh"), *args, "--stage", "4", "--method", "greedy",
                              "--oov-penalty", "5"], capture_output=True, text=True, env=env)
     assert greedy.returncode != 0 and "--oov-penalty needs --method modified_beam_search" in greedy.stderr
+
+    # --lm-min-count 1 keeps every n-gram, in a file of its own beside the default (pruned) one.
+    unpruned = subprocess.run(["bash", str(REPO / "recipes/synth/run.sh"), *args, "--stage", "2", "--stop-stage", "2",
+                               "--lm-min-count", "1"], capture_output=True, text=True, env=env)
+    assert unpruned.returncode == 0, unpruned.stdout[-3000:] + unpruned.stderr[-3000:]
+
+    def ngram_counts(path: Path) -> list[int]:
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            return [int(line.split("=")[1]) for line in f if line.startswith("ngram ")]
+
+    pruned_counts = ngram_counts(data / "lang_bpe_60" / "lm_4gram.arpa.gz")
+    full_counts = ngram_counts(data / "lang_bpe_60" / "lm_4gram_min1.arpa.gz")
+    assert full_counts[:2] == pruned_counts[:2] and full_counts[2] > pruned_counts[2] and full_counts[3] > pruned_counts[3]

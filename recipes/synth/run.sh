@@ -30,6 +30,7 @@ nj=2
 method=modified_beam_search
 beam=32
 lm_order=4
+lm_min_count=2
 lm_scale=0.5
 lm_bonus=1.5
 oov_penalty=0
@@ -57,6 +58,7 @@ usage="usage: $0 [--stage N] [--stop-stage M] [options]
   --method M             greedy | modified_beam_search | ctc_greedy | ctc_prefix_beam_search ($method)
   --beam K               beam of modified_beam_search / ctc_prefix_beam_search ($beam)
   --lm-order N           order of the token n-gram LM; 0 for none ($lm_order)
+  --lm-min-count N       n-grams of order 3 and up seen fewer times are dropped; 1 keeps all ($lm_min_count)
   --lm-scale S           LM weight in modified_beam_search; 0 decodes without the LM ($lm_scale)
   --lm-bonus B           per-token score bonus that offsets the LM's cost of every token ($lm_bonus)
   --oov-penalty P        modified_beam_search: score penalty per hypothesis word outside the lexicon (the
@@ -81,6 +83,13 @@ fi
 fbank_dir=$data_dir/fbank
 lang_dir=$data_dir/lang_bpe_$vocab_size
 lm=$lang_dir/lm_${lm_order}gram.arpa.gz
+lm_min_counts=()
+if [ "$lm_order" != 0 ]; then
+  for ((n = 1; n <= lm_order; n++)); do
+    if [ "$n" -le 2 ]; then lm_min_counts+=(1); else lm_min_counts+=("$lm_min_count"); fi
+  done
+  [ "$lm_min_count" = 2 ] || lm=$lang_dir/lm_${lm_order}gram_min${lm_min_count}.arpa.gz
+fi
 
 if [ "$stage" -le 0 ] && [ "$stop_stage" -ge 0 ]; then
   log "Stage 0: TTS corpus of $num_utts utterances -> $data_dir"
@@ -127,7 +136,8 @@ if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
       log "Stage 2: token $lm_order-gram LM -> $lm"
       asr lm text --out "$data_dir/lm_text.txt.gz" \
         --exclude-cuts "$data_dir/synth_cuts_dev.jsonl.gz" "$data_dir/synth_cuts_test.jsonl.gz"
-      asr lm train --lang-dir "$lang_dir" --text "$data_dir/lm_text.txt.gz" --order "$lm_order" --out "$lm"
+      asr lm train --lang-dir "$lang_dir" --text "$data_dir/lm_text.txt.gz" --order "$lm_order" \
+        --min-counts "${lm_min_counts[@]}" --out "$lm"
     fi
   fi
 fi
