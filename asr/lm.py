@@ -7,6 +7,8 @@ evaluation splits), one per line.
 ``asr lm train --lang-dir LANG --text TEXT[.gz] [--order N] [--min-counts 1 1 2 2] [--out FILE]``
 tokenizes every line with the lang dir's tokenizer, estimates an interpolated modified Kneser-Ney
 model (:class:`asr.models.lm.NgramLM`) and writes it as ARPA (default ``LANG/lm_{N}gram.arpa.gz``).
+With ``--words`` (no lang dir) the model is over the text's words instead, for ``asr decode --word-lm``
+(read back with :meth:`NgramLM.load_arpa_words`).
 """
 
 from __future__ import annotations
@@ -91,6 +93,19 @@ def train_lm(
     return NgramLM.train(sequences, symbols, order=order, min_counts=min_counts)
 
 
+def train_word_lm(text: Path, order: int, min_counts: list[int] | None = None) -> NgramLM:
+    """An n-gram over the words of ``text`` (one sentence a line): its vocabulary is every word seen."""
+    if not text.is_file():
+        raise FileNotFoundError(f"--text {text}: no such file")
+    sentences = [line.split() for line in _read_lines(text)]
+    if not sentences:
+        raise ValueError(f"--text {text} holds no sentences")
+    vocabulary = sorted({word for words in sentences for word in words})
+    symbols = ["<blk>", "<sos/eos>", "<unk>", *vocabulary]
+    ids = {word: i for i, word in enumerate(symbols)}
+    return NgramLM.train([[ids[w] for w in words] for words in sentences], symbols, order=order, min_counts=min_counts)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="asr lm", description="Token n-gram language model: text and training.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -100,13 +115,16 @@ def build_parser() -> argparse.ArgumentParser:
                       help="cut sets (dev/test) whose supervision texts must not be in the LM text")
     text.add_argument("--language", choices=["en", "cmn"], default="en")
     train = commands.add_parser("train", help="train an n-gram LM on tokenized text and write ARPA")
-    train.add_argument("--lang-dir", type=Path, required=True, help="the tokenizer's lang dir")
+    train.add_argument("--lang-dir", type=Path, default=None, help="the tokenizer's lang dir (not with --words)")
+    train.add_argument("--words", action="store_true",
+                       help="a model over the text's words (for asr decode --word-lm), not the tokenizer's ids")
     train.add_argument("--text", type=Path, required=True, help="one sentence a line (.gz read too)")
     train.add_argument("--order", type=int, default=4)
     train.add_argument("--min-counts", type=int, nargs="+", default=None,
                        help="per order, the raw count an n-gram needs to be kept (non-decreasing, first 1); "
                             f"default 1 for uni- and bigrams, {DEFAULT_MIN_COUNT} above")
-    train.add_argument("--out", type=Path, default=None, help="ARPA file (default LANG/lm_{N}gram.arpa.gz)")
+    train.add_argument("--out", type=Path, default=None,
+                       help="ARPA file (default LANG/lm_{N}gram.arpa.gz; required with --words)")
     return parser
 
 
@@ -124,11 +142,18 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.order < 1:
         parser.error(f"--order must be >= 1, got {args.order}")
+    if args.words and (args.out is None or args.lang_dir is not None):
+        parser.error("--words needs --out and takes no --lang-dir")
+    if not args.words and args.lang_dir is None:
+        parser.error("--lang-dir is required (or --words for a word model)")
     min_counts = args.min_counts if args.min_counts is not None else default_min_counts(args.order)
     out = args.out or args.lang_dir / f"lm_{args.order}gram.arpa.gz"
     started = time.perf_counter()
     try:
-        model = train_lm(args.lang_dir, args.text, args.order, min_counts)
+        if args.words:
+            model = train_word_lm(args.text, args.order, min_counts)
+        else:
+            model = train_lm(args.lang_dir, args.text, args.order, min_counts)
     except (FileNotFoundError, ValueError) as error:
         print(f"asr lm train: {error}", file=sys.stderr)
         return 1

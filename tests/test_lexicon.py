@@ -17,6 +17,7 @@ from test_decoding import VOCAB, tiny_model
 
 from asr.decoding import modified_beam_search
 from asr.decoding.lexicon import WORD_START, Lexicon
+from asr.models.lm import NgramLM
 
 W = WORD_START
 # The tiny model's 6 ids: blank, three word starts, two continuations.
@@ -126,3 +127,81 @@ def test_from_files_reads_lists_and_texts_and_matches_the_case_of_the_tokens(tmp
         Lexicon(["你好"], ["<blk>", "你", "好"])
     with pytest.raises(ValueError, match="no words"):
         Lexicon([], PIECES)
+
+
+# ----------------------------------------------------------------------------- word LM fusion
+WORD_SENTENCES = [["an", "b"], ["and"], ["a", "b", "b"], ["an", "and"], ["b"]]
+
+
+def toy_word_lm(order: int = 2) -> NgramLM:
+    symbols = ["<blk>", "<sos/eos>", "<unk>", "a", "an", "and", "b", "bad"]
+    ids = {w: i for i, w in enumerate(symbols)}
+    return NgramLM.train([[ids[w] for w in s] for s in WORD_SENTENCES], symbols, order=order)
+
+
+def word_lm_log_prob(word_lm: NgramLM, words: list[str]) -> float:
+    ids = {s: i for i, s in enumerate(word_lm.symbols) if i > 2}
+    return word_lm.sentence_log_prob([ids.get(w, 2) for w in words])
+
+
+@pytest.mark.parametrize("penalty,scale", [(0.0, 1.0), (0.5, 0.7), (2.0, 3.0)])
+def test_exhaustive_beam_with_word_lm_equals_brute_force(penalty, scale):
+    model = tiny_model(seed=7, encoder_dim=32).eval()
+    enc_out = 2.0 * torch.randn(1, 4, 32, generator=torch.Generator().manual_seed(8))
+    lexicon, word_lm = Lexicon(TINY_WORDS, TINY_PIECES), toy_word_lm()
+    totals: dict[tuple[int, ...], list[float]] = {}
+    with torch.no_grad():
+        for path in itertools.product(range(VOCAB), repeat=enc_out.size(1)):
+            history, score = [], 0.0
+            for t, symbol in enumerate(path):
+                dec_out = model.decoder(torch.tensor([[0] + history]))[:, -1]
+                score += float(model.joiner(enc_out[0, t : t + 1], dec_out).log_softmax(-1)[0, symbol])
+                if symbol != 0:
+                    history.append(symbol)
+            totals.setdefault(tuple(history), []).append(score)
+    scored = {}
+    for tokens, scores in totals.items():
+        am = float(torch.logsumexp(torch.tensor(scores, dtype=torch.float64), 0))
+        words = "".join(TINY_PIECES[v].replace(W, " ") for v in tokens).split()
+        scored[tokens] = (am - penalty * count_by_splitting(lexicon, TINY_PIECES, list(tokens))
+                          + scale * word_lm_log_prob(word_lm, words), am)
+    expected = max(scored, key=lambda k: scored[k][0])
+    hyp = modified_beam_search(model, enc_out, torch.tensor([4]), beam=VOCAB**4, length_norm=False,
+                               lexicon=lexicon, oov_penalty=penalty, word_lm=word_lm, word_lm_scale=scale)[0]
+    assert tuple(hyp.tokens) == expected
+    assert hyp.score == pytest.approx(scored[expected][1], abs=1e-4)
+    if scale == 3.0:  # guards the test against a word LM too weak to matter
+        plain = max(scored, key=lambda k: scored[k][1] - penalty * count_by_splitting(lexicon, TINY_PIECES, list(k)))
+        assert plain != expected
+
+
+def test_word_lm_needs_a_lexicon_and_round_trips_through_arpa(tmp_path):
+    model = tiny_model(seed=7, encoder_dim=32).eval()
+    enc_out = torch.randn(1, 4, 32)
+    with pytest.raises(ValueError, match="needs a lexicon"):
+        modified_beam_search(model, enc_out, torch.tensor([4]), word_lm=toy_word_lm(), word_lm_scale=1.0)
+    word_lm = toy_word_lm(order=3)
+    word_lm.save_arpa(tmp_path / "words.arpa")
+    loaded = NgramLM.load_arpa_words(tmp_path / "words.arpa")
+    assert sorted(loaded.symbols) == sorted(word_lm.symbols)
+    for words in (["an", "b"], ["bad", "a", "and"], ["zebra"], []):
+        assert word_lm_log_prob(loaded, words) == pytest.approx(word_lm_log_prob(word_lm, words), abs=1e-5)
+
+
+def test_cli_trains_a_word_lm(tmp_path, capsys):
+    import asr.lm as lm_cli
+
+    text = tmp_path / "text.txt"
+    text.write_text("\n".join(" ".join(s) for s in WORD_SENTENCES) + "\n")
+    out = tmp_path / "w.arpa.gz"
+    assert lm_cli.main(["train", "--words", "--text", str(text), "--order", "2", "--out", str(out)]) == 0
+    loaded = NgramLM.load_arpa_words(out)
+    # The vocabulary is the text's words (no "bad"), which sets the uniform floor of the estimate.
+    symbols = ["<blk>", "<sos/eos>", "<unk>", "a", "an", "and", "b"]
+    ids = {w: i for i, w in enumerate(symbols)}
+    direct = NgramLM.train([[ids[w] for w in s] for s in WORD_SENTENCES], symbols, order=2)
+    assert sorted(loaded.symbols) == sorted(symbols)
+    for words in (["an", "b"], ["and", "a"], ["bad"]):
+        assert word_lm_log_prob(loaded, words) == pytest.approx(word_lm_log_prob(direct, words), abs=1e-5)
+    with pytest.raises(SystemExit):
+        lm_cli.main(["train", "--words", "--text", str(text)])  # no --out

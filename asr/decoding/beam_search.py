@@ -23,6 +23,8 @@ class _BeamEntry:
     lm_log_prob: float = 0.0  # LM log-probability of ``tokens`` (a function of them, so merging keeps it)
     partial_word: str = ""  # with a lexicon: the text's unfinished last word
     unknown_words: int = 0  # with a lexicon: words of the text not in it (see asr.decoding.lexicon)
+    word_lm_state: tuple[int, ...] = ()  # with a word LM: its state after the finished words
+    word_lm_log_prob: float = 0.0  # with a word LM: log-probability of the finished words
 
 
 def _add_merging(beam: dict[tuple[int, ...], _BeamEntry], entry: _BeamEntry) -> None:
@@ -48,6 +50,8 @@ def modified_beam_search(
     lm_bonus: float = 0.0,
     lexicon: Lexicon | None = None,
     oov_penalty: float = 0.0,
+    word_lm: NgramLM | None = None,
+    word_lm_scale: float = 0.0,
 ) -> list[Hypothesis]:
     """Modified beam search: at most one symbol per frame.
 
@@ -72,6 +76,10 @@ def modified_beam_search(
         lexicon, oov_penalty: subtract ``oov_penalty`` from the ranking score per word of the hypothesis
             that is not in ``lexicon`` (an unfinished last word counts once no listed word starts with it;
             see :mod:`asr.decoding.lexicon`); the final pick includes it too.
+        word_lm, word_lm_scale: an n-gram LM over words (``asr lm train --words``): when a token starts a
+            new word, the finished word's ``word_lm_scale * ln p(word | previous words)`` is added (a word
+            outside the LM's vocabulary is its ``<unk>``), and ``ln p(</s> | ...)`` with the last word at
+            the end. Needs ``lexicon`` (it tells where words end; ``oov_penalty`` may be 0).
     Returns:
         one :class:`Hypothesis` per utterance; ``score`` is its (merged) total transducer log-probability,
         without the LM or the lexicon penalty.
@@ -84,6 +92,27 @@ def modified_beam_search(
         raise ValueError(f"oov_penalty must be >= 0, got {oov_penalty}")
     fusion = lm is not None and lm_scale > 0
     constrained = lexicon is not None and oov_penalty > 0
+    word_fusion = word_lm is not None and word_lm_scale > 0
+    if word_fusion and lexicon is None:
+        raise ValueError("a word LM needs a lexicon: it tells where the words of a hypothesis end")
+    if word_lm_scale < 0:
+        raise ValueError(f"word_lm_scale must be >= 0, got {word_lm_scale}")
+    track_words = constrained or word_fusion
+    if word_fusion:
+        word_ids = {symbol: i for i, symbol in enumerate(word_lm.symbols) if i > 2}
+        finished_cache: dict[tuple[tuple[int, ...], str], tuple[float, tuple[int, ...]]] = {}
+
+        def finish_word(state: tuple[int, ...], word: str) -> tuple[float, tuple[int, ...]]:
+            """ln p(word | state) and the state after it; an empty word (no text yet) costs nothing."""
+            if not word:
+                return 0.0, state
+            key = (state, word)
+            found = finished_cache.get(key)
+            if found is None:
+                word_id = word_ids.get(word, 2)  # <unk>
+                found = (word_lm.token_log_prob(state, word_id), word_lm.next_state(state, word_id))
+                finished_cache[key] = found
+            return found
     lens = check_encoder_output(enc_out, enc_lens)
     decoder, joiner = model.decoder, model.joiner
     blank, context_size = decoder.blank_id, decoder.context_size
@@ -92,8 +121,9 @@ def modified_beam_search(
 
     enc_proj = joiner.encoder_proj(enc_out)  # (N, T, J)
     start_lm_state = lm.start_state if fusion else ()
+    start_word_state = word_lm.start_state if word_fusion else ()
     beams: list[dict[tuple[int, ...], _BeamEntry]] = [
-        {(): _BeamEntry((), (), 0.0, start_lm_state)} for _ in range(batch_size)
+        {(): _BeamEntry((), (), 0.0, start_lm_state, word_lm_state=start_word_state)} for _ in range(batch_size)
     ]
 
     for t in range(max(lens, default=0)):
@@ -128,6 +158,14 @@ def modified_beam_search(
             unknown_prior = torch.tensor([float(entry.unknown_words) for _, entry in flat], dtype=torch.float64)
             unknown = (unknown + unknown_prior.unsqueeze(1)).to(device)  # (M, V)
             ranked = ranked - oov_penalty * unknown
+        if word_fusion:
+            starts_word = torch.tensor(lexicon.starts_word, dtype=torch.float64, device=device)
+            finished = [finish_word(entry.word_lm_state, entry.partial_word)[0] for _, entry in flat]
+            word_prior = torch.tensor([entry.word_lm_log_prob for _, entry in flat], dtype=torch.float64, device=device)
+            finished_t = torch.tensor(finished, dtype=torch.float64, device=device)
+            # (M, V): every token keeps the finished words' score; a word-start token adds the word it ends.
+            word_scores = word_prior.unsqueeze(1) + finished_t.unsqueeze(1) * starts_word.unsqueeze(0)
+            ranked = ranked + word_lm_scale * word_scores
 
         offset = 0
         for i in active:
@@ -149,16 +187,20 @@ def modified_beam_search(
                 if token == blank:
                     entry = _BeamEntry(
                         source.tokens, source.timestamps, log_prob, source.lm_state, lm_log_prob,
-                        source.partial_word, num_unknown,
+                        source.partial_word, num_unknown, source.word_lm_state, source.word_lm_log_prob,
                     )
                 elif fusion and score == -math.inf:  # a token the LM gives no probability (<sos/eos>)
                     continue
                 else:
                     lm_state = lm.next_state(source.lm_state, token) if fusion else ()
-                    partial_word = lexicon.next_partial(source.partial_word, token) if constrained else ""
+                    partial_word = lexicon.next_partial(source.partial_word, token) if track_words else ""
+                    word_state, word_log_prob = source.word_lm_state, source.word_lm_log_prob
+                    if word_fusion and lexicon.starts_word[token]:
+                        finished_log_prob, word_state = finish_word(word_state, source.partial_word)
+                        word_log_prob += finished_log_prob
                     entry = _BeamEntry(
                         source.tokens + (token,), source.timestamps + (t,), log_prob, lm_state, lm_log_prob,
-                        partial_word, num_unknown,
+                        partial_word, num_unknown, word_state, word_log_prob,
                     )
                 _add_merging(next_beam, entry)
             beams[i] = next_beam
@@ -170,6 +212,9 @@ def modified_beam_search(
             score += lm_scale * lm_log_prob + lm_bonus * len(entry.tokens)
         if constrained:
             score -= oov_penalty * (entry.unknown_words + lexicon.final_delta(entry.partial_word))
+        if word_fusion:
+            last_log_prob, state = finish_word(entry.word_lm_state, entry.partial_word)
+            score += word_lm_scale * (entry.word_lm_log_prob + last_log_prob + word_lm.token_log_prob(state, 1))  # </s>
         return score / (len(entry.tokens) + context_size) if length_norm else score
 
     hyps = []

@@ -44,6 +44,7 @@ __all__ = ["NgramLM", "adjusted_counts", "modified_kn_discounts", "ngram_counts"
 BLANK_ID = 0
 SENTENCE_ID = 1  # <s> as the first token of a context, </s> as a predicted token
 BOS, EOS = "<s>", "</s>"
+UNK = "<unk>"  # id 2: a word LM's out-of-vocabulary word
 LN10 = math.log(10.0)
 ARPA_LOG10_ZERO = -99.0  # what ARPA files write for log10(0) (the unigram <s>)
 
@@ -403,6 +404,29 @@ class NgramLM:
 
     def _context_names(self, ids: tuple[int, ...]) -> list[str]:
         return [BOS if i == SENTENCE_ID else self.symbols[i] for i in ids]
+
+    @classmethod
+    def load_arpa_words(cls, path: str | Path) -> NgramLM:
+        """Read an ARPA file over words (``asr lm train --words``): the symbol table is ``<blk>``,
+        ``<sos/eos>``, ``<unk>`` and then the file's other unigrams in file order."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such ARPA file")
+        symbols = ["<blk>", "<sos/eos>", UNK]
+        in_unigrams = False
+        with _open_text(path, "r") as f:
+            for line in f:
+                line = line.strip()
+                if line.startswith("\\"):
+                    if in_unigrams:
+                        break
+                    in_unigrams = line == "\\1-grams:"
+                    continue
+                if in_unigrams and line:
+                    name = line.split()[1]
+                    if name not in (BOS, EOS, UNK):
+                        symbols.append(name)
+        return cls.load_arpa(path, symbols)
 
     @classmethod
     def load_arpa(cls, path: str | Path, symbol_table: Sequence[str]) -> NgramLM:
