@@ -48,6 +48,7 @@ METHODS = ("greedy", "modified_beam_search", "ctc_greedy", "ctc_prefix_beam_sear
 SAMPLE_RATE = 16000
 FRAME_SHIFT = 0.01  # seconds per fbank frame
 DEFAULT_WORD_LM_SCALE = 0.3
+DEFAULT_WORD_BONUS = 1.5
 DEFAULT_OOV_PENALTY = 6.0  # best of 1.5, 3, 6, 10 on 600 synth dev utterances
 
 
@@ -262,6 +263,7 @@ class WordScoring:
     penalty: float
     word_lm: NgramLM | None = None
     word_lm_scale: float = 0.0
+    word_bonus: float = 0.0
 
 
 def search(
@@ -284,7 +286,7 @@ def search(
             options.update(lm=fusion.lm, lm_scale=fusion.scale, lm_final=fusion.final, lm_bonus=fusion.bonus)
         if words is not None:
             options.update(lexicon=words.lexicon, oov_penalty=words.penalty, word_lm=words.word_lm,
-                           word_lm_scale=words.word_lm_scale)
+                           word_lm_scale=words.word_lm_scale, word_bonus=words.word_bonus)
         return modified_beam_search(model, enc_out, enc_lens, beam=beam, **options)
     log_probs = model.ctc_log_probs(enc_out)
     if method == "ctc_greedy":
@@ -402,7 +404,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--word-lm", default=None,
                         help="an ARPA n-gram LM over words (asr lm train --words), fused at word ends; needs --lexicon")
     parser.add_argument("--word-lm-scale", type=float, default=DEFAULT_WORD_LM_SCALE,
-                        help="weight of the word LM's log-probability (default: best on the synth dev set)")
+                        help="weight of the word LM's log-probability (default: tried on the synth dev set)")
+    parser.add_argument("--word-bonus", type=float, default=DEFAULT_WORD_BONUS,
+                        help="with --word-lm: reward per word, against the deletions the word LM causes "
+                             "(default: tried on the synth dev set)")
     parser.add_argument("--max-frames", type=int, default=30000, help="frames per padded batch")
     parser.add_argument("--num-threads", type=int, default=None)
     parser.add_argument("--device", default="cpu",
@@ -465,6 +470,7 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError) as error:
             parser.error(f"--word-lm {args.word_lm}: {error}")
         words.word_lm_scale = args.word_lm_scale
+        words.word_bonus = args.word_bonus
     errors: list[str] = []
     utterances = utterances_from_cuts(args.cuts, errors) if args.cuts else utterances_from_files(args.audio, errors)
     result = decode(

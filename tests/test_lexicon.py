@@ -144,8 +144,8 @@ def word_lm_log_prob(word_lm: NgramLM, words: list[str]) -> float:
     return word_lm.sentence_log_prob([ids.get(w, 2) for w in words])
 
 
-@pytest.mark.parametrize("penalty,scale", [(0.0, 1.0), (0.5, 0.7), (2.0, 3.0)])
-def test_exhaustive_beam_with_word_lm_equals_brute_force(penalty, scale):
+@pytest.mark.parametrize("penalty,scale,bonus", [(0.0, 1.0, 0.0), (0.5, 0.7, 1.5), (2.0, 3.0, 0.0)])
+def test_exhaustive_beam_with_word_lm_equals_brute_force(penalty, scale, bonus):
     model = tiny_model(seed=7, encoder_dim=32).eval()
     enc_out = 2.0 * torch.randn(1, 4, 32, generator=torch.Generator().manual_seed(8))
     lexicon, word_lm = Lexicon(TINY_WORDS, TINY_PIECES), toy_word_lm()
@@ -164,10 +164,11 @@ def test_exhaustive_beam_with_word_lm_equals_brute_force(penalty, scale):
         am = float(torch.logsumexp(torch.tensor(scores, dtype=torch.float64), 0))
         words = "".join(TINY_PIECES[v].replace(W, " ") for v in tokens).split()
         scored[tokens] = (am - penalty * count_by_splitting(lexicon, TINY_PIECES, list(tokens))
-                          + scale * word_lm_log_prob(word_lm, words), am)
+                          + scale * word_lm_log_prob(word_lm, words) + bonus * len(words), am)
     expected = max(scored, key=lambda k: scored[k][0])
     hyp = modified_beam_search(model, enc_out, torch.tensor([4]), beam=VOCAB**4, length_norm=False,
-                               lexicon=lexicon, oov_penalty=penalty, word_lm=word_lm, word_lm_scale=scale)[0]
+                               lexicon=lexicon, oov_penalty=penalty, word_lm=word_lm, word_lm_scale=scale,
+                               word_bonus=bonus)[0]
     assert tuple(hyp.tokens) == expected
     assert hyp.score == pytest.approx(scored[expected][1], abs=1e-4)
     if scale == 3.0:  # guards the test against a word LM too weak to matter

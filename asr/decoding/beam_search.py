@@ -24,7 +24,7 @@ class _BeamEntry:
     partial_word: str = ""  # with a lexicon: the text's unfinished last word
     unknown_words: int = 0  # with a lexicon: words of the text not in it (see asr.decoding.lexicon)
     word_lm_state: tuple[int, ...] = ()  # with a word LM: its state after the finished words
-    word_lm_log_prob: float = 0.0  # with a word LM: log-probability of the finished words
+    word_score: float = 0.0  # with a word LM: its scaled log-probability of the finished words, plus bonuses
 
 
 def _add_merging(beam: dict[tuple[int, ...], _BeamEntry], entry: _BeamEntry) -> None:
@@ -52,6 +52,7 @@ def modified_beam_search(
     oov_penalty: float = 0.0,
     word_lm: NgramLM | None = None,
     word_lm_scale: float = 0.0,
+    word_bonus: float = 0.0,
 ) -> list[Hypothesis]:
     """Modified beam search: at most one symbol per frame.
 
@@ -80,6 +81,7 @@ def modified_beam_search(
             new word, the finished word's ``word_lm_scale * ln p(word | previous words)`` is added (a word
             outside the LM's vocabulary is its ``<unk>``), and ``ln p(</s> | ...)`` with the last word at
             the end. Needs ``lexicon`` (it tells where words end; ``oov_penalty`` may be 0).
+        word_bonus: with a word LM, a reward per finished word, against the deletions its cost per word causes.
     Returns:
         one :class:`Hypothesis` per utterance; ``score`` is its (merged) total transducer log-probability,
         without the LM or the lexicon penalty.
@@ -103,14 +105,16 @@ def modified_beam_search(
         finished_cache: dict[tuple[tuple[int, ...], str], tuple[float, tuple[int, ...]]] = {}
 
         def finish_word(state: tuple[int, ...], word: str) -> tuple[float, tuple[int, ...]]:
-            """ln p(word | state) and the state after it; an empty word (no text yet) costs nothing."""
+            """The word LM's score of finishing ``word`` in ``state`` (``word_lm_scale * ln p`` plus the
+            bonus) and the state after it; an empty word (no text yet) scores nothing."""
             if not word:
                 return 0.0, state
             key = (state, word)
             found = finished_cache.get(key)
             if found is None:
                 word_id = word_ids.get(word, 2)  # <unk>
-                found = (word_lm.token_log_prob(state, word_id), word_lm.next_state(state, word_id))
+                found = (word_lm_scale * word_lm.token_log_prob(state, word_id) + word_bonus,
+                         word_lm.next_state(state, word_id))
                 finished_cache[key] = found
             return found
     lens = check_encoder_output(enc_out, enc_lens)
@@ -161,11 +165,11 @@ def modified_beam_search(
         if word_fusion:
             starts_word = torch.tensor(lexicon.starts_word, dtype=torch.float64, device=device)
             finished = [finish_word(entry.word_lm_state, entry.partial_word)[0] for _, entry in flat]
-            word_prior = torch.tensor([entry.word_lm_log_prob for _, entry in flat], dtype=torch.float64, device=device)
+            word_prior = torch.tensor([entry.word_score for _, entry in flat], dtype=torch.float64, device=device)
             finished_t = torch.tensor(finished, dtype=torch.float64, device=device)
             # (M, V): every token keeps the finished words' score; a word-start token adds the word it ends.
             word_scores = word_prior.unsqueeze(1) + finished_t.unsqueeze(1) * starts_word.unsqueeze(0)
-            ranked = ranked + word_lm_scale * word_scores
+            ranked = ranked + word_scores
 
         offset = 0
         for i in active:
@@ -187,20 +191,20 @@ def modified_beam_search(
                 if token == blank:
                     entry = _BeamEntry(
                         source.tokens, source.timestamps, log_prob, source.lm_state, lm_log_prob,
-                        source.partial_word, num_unknown, source.word_lm_state, source.word_lm_log_prob,
+                        source.partial_word, num_unknown, source.word_lm_state, source.word_score,
                     )
                 elif fusion and score == -math.inf:  # a token the LM gives no probability (<sos/eos>)
                     continue
                 else:
                     lm_state = lm.next_state(source.lm_state, token) if fusion else ()
                     partial_word = lexicon.next_partial(source.partial_word, token) if track_words else ""
-                    word_state, word_log_prob = source.word_lm_state, source.word_lm_log_prob
+                    word_state, word_score = source.word_lm_state, source.word_score
                     if word_fusion and lexicon.starts_word[token]:
-                        finished_log_prob, word_state = finish_word(word_state, source.partial_word)
-                        word_log_prob += finished_log_prob
+                        finished_score, word_state = finish_word(word_state, source.partial_word)
+                        word_score += finished_score
                     entry = _BeamEntry(
                         source.tokens + (token,), source.timestamps + (t,), log_prob, lm_state, lm_log_prob,
-                        partial_word, num_unknown, word_state, word_log_prob,
+                        partial_word, num_unknown, word_state, word_score,
                     )
                 _add_merging(next_beam, entry)
             beams[i] = next_beam
@@ -213,8 +217,8 @@ def modified_beam_search(
         if constrained:
             score -= oov_penalty * (entry.unknown_words + lexicon.final_delta(entry.partial_word))
         if word_fusion:
-            last_log_prob, state = finish_word(entry.word_lm_state, entry.partial_word)
-            score += word_lm_scale * (entry.word_lm_log_prob + last_log_prob + word_lm.token_log_prob(state, 1))  # </s>
+            last_score, state = finish_word(entry.word_lm_state, entry.partial_word)
+            score += entry.word_score + last_score + word_lm_scale * word_lm.token_log_prob(state, 1)  # </s>
         return score / (len(entry.tokens) + context_size) if length_norm else score
 
     hyps = []
