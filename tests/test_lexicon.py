@@ -65,7 +65,8 @@ def test_unfinished_word_counts_once_it_can_no_longer_become_a_word():
     assert lexicon.deltas("th") is lexicon.deltas("th")  # cached
 
 
-def brute_force_penalised_best(model, enc_out, lexicon, penalty):
+def sequence_log_probs(model, enc_out) -> dict[tuple[int, ...], float]:
+    """Every token sequence of one-symbol-per-frame paths, with its alignments' probabilities summed."""
     totals: dict[tuple[int, ...], list[float]] = {}
     with torch.no_grad():
         for path in itertools.product(range(VOCAB), repeat=enc_out.size(1)):
@@ -76,9 +77,12 @@ def brute_force_penalised_best(model, enc_out, lexicon, penalty):
                 if symbol != 0:
                     history.append(symbol)
             totals.setdefault(tuple(history), []).append(score)
+    return {k: float(torch.logsumexp(torch.tensor(v, dtype=torch.float64), 0)) for k, v in totals.items()}
+
+
+def brute_force_penalised_best(model, enc_out, lexicon, penalty):
     scored = {}
-    for tokens, scores in totals.items():
-        am = float(torch.logsumexp(torch.tensor(scores, dtype=torch.float64), 0))
+    for tokens, am in sequence_log_probs(model, enc_out).items():
         scored[tokens] = (am - penalty * count_by_splitting(lexicon, TINY_PIECES, list(tokens)), am)
     best = max(scored, key=lambda k: scored[k][0])
     return best, scored[best][1]
@@ -149,19 +153,8 @@ def test_exhaustive_beam_with_word_lm_equals_brute_force(penalty, scale, bonus):
     model = tiny_model(seed=7, encoder_dim=32).eval()
     enc_out = 2.0 * torch.randn(1, 4, 32, generator=torch.Generator().manual_seed(8))
     lexicon, word_lm = Lexicon(TINY_WORDS, TINY_PIECES), toy_word_lm()
-    totals: dict[tuple[int, ...], list[float]] = {}
-    with torch.no_grad():
-        for path in itertools.product(range(VOCAB), repeat=enc_out.size(1)):
-            history, score = [], 0.0
-            for t, symbol in enumerate(path):
-                dec_out = model.decoder(torch.tensor([[0] + history]))[:, -1]
-                score += float(model.joiner(enc_out[0, t : t + 1], dec_out).log_softmax(-1)[0, symbol])
-                if symbol != 0:
-                    history.append(symbol)
-            totals.setdefault(tuple(history), []).append(score)
     scored = {}
-    for tokens, scores in totals.items():
-        am = float(torch.logsumexp(torch.tensor(scores, dtype=torch.float64), 0))
+    for tokens, am in sequence_log_probs(model, enc_out).items():
         words = "".join(TINY_PIECES[v].replace(W, " ") for v in tokens).split()
         scored[tokens] = (am - penalty * count_by_splitting(lexicon, TINY_PIECES, list(tokens))
                           + scale * word_lm_log_prob(word_lm, words) + bonus * len(words), am)
