@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 EXTRAS ?= dev,synth,triton
 PYTEST_ARGS ?=
 
-.PHONY: setup system-deps demo test test-slow bench clean
+.PHONY: setup system-deps demo test test-slow bench lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ test: setup
 
 test-slow: setup
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 bench: setup
 	for b in tools/bench/*.py; do $(PY) $$b || exit 1; done

@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+# Shared oracles under tests/helpers/ may assert; rewrite them like test modules so failures show values.
+pytest.register_assert_rewrite("helpers")
+
 
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory) -> dict[str, Path]:

@@ -11,6 +11,7 @@ import pytest
 import soundfile as sf
 from lhotse import CutSet, Recording, RecordingSet, SupervisionSegment, SupervisionSet
 
+from asr import cli
 from asr.data import features as features_module
 from asr.data.audio import AudioError, load_audio
 from asr.data.datamodule import AsrDataModule, DataConfig, filter_cuts
@@ -228,7 +229,7 @@ def test_fbank_cli_skips_unreadable_audio(tmp_path, caplog):
     cuts = corpus_with_one_corrupt(tmp_path, num_good=2)
     cuts.to_file(tmp_path / "cuts.jsonl.gz")
     caplog.set_level(logging.WARNING)
-    code = features_module.main(["--cuts", str(tmp_path / "cuts.jsonl.gz"), "--out", str(tmp_path / "out.jsonl.gz")])
+    code = cli.main(["data", "fbank", "--cuts", str(tmp_path / "cuts.jsonl.gz"), "--out", str(tmp_path / "out.jsonl.gz")])
     assert code == 0
     written = CutSet.from_file(tmp_path / "out.jsonl.gz")
     assert sorted(written.ids) == ["good0", "good1"]

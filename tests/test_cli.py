@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from asr import cli
 
 
@@ -17,18 +19,43 @@ def test_help_lists_every_subcommand(capsys):
         assert f"  {name}" in out
 
 
-def test_every_registered_module_has_main():
+def _entries(table):
+    for entry in table.values():
+        if isinstance(entry, dict):
+            yield from _entries(entry)
+        else:
+            yield entry
+
+
+def test_every_registered_command_resolves_to_a_function():
+    for entry in _entries(cli.COMMANDS):
+        assert callable(cli.resolve(entry)), entry[0]
+        assert entry[0].startswith("asr.cli."), entry[0]  # commands live in the CLI package
+
+
+def test_no_library_module_defines_main():
     import importlib
+    import pkgutil
 
-    def walk(table):
-        for entry in table.values():
-            if isinstance(entry, dict):
-                yield from walk(entry)
-            else:
-                yield entry[0]
+    import asr
 
-    for module_name in walk(cli.COMMANDS):
-        assert callable(importlib.import_module(module_name).main), module_name
+    offenders = []
+    for info in pkgutil.walk_packages(asr.__path__, "asr."):
+        if info.name.startswith("asr.cli") or info.name == "asr.__main__":
+            continue
+        module = importlib.import_module(info.name)
+        if hasattr(module, "main") or hasattr(module, "build_parser"):
+            offenders.append(info.name)
+    assert offenders == []
+
+
+def test_help_lists_the_user_commands(capsys):
+    assert cli.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for name in ("data", "train", "decode", "average", "convert", "lm", "wer"):
+        assert f"  {name} " in out
+    assert cli.main(["convert", "--help"]) == 0
+    assert "  icefall" in capsys.readouterr().out
 
 
 def test_unknown_command_is_an_error(capsys):
@@ -44,7 +71,7 @@ def test_console_script_runs():
 def test_train_print_config_needs_no_paths(capsys):
     import json
 
-    from asr.training.cli import PRESETS
+    from asr.training.presets import PRESETS
 
     assert cli.main(["train", "--preset", "aishell", "--print-config", "--num-epochs", "3"]) == 0
     config = json.loads(capsys.readouterr().out)
@@ -54,12 +81,29 @@ def test_train_print_config_needs_no_paths(capsys):
             assert config[name] == value, name
     assert config["num_epochs"] == 3  # the command line overrides the preset
     # Training itself still needs them, and names the missing ones.
-    try:
+    with pytest.raises(SystemExit) as missing:
         cli.main(["train", "--preset", "aishell", "--exp-dir", "exp"])
-    except SystemExit as e:
-        assert str(e) == "asr train: missing required options: --train-cuts --lang-dir"
-    else:
-        raise AssertionError("asr train ran without --train-cuts and --lang-dir")
+    assert str(missing.value) == "asr train: missing required options: --train-cuts --lang-dir"
+
+
+def test_train_help_names_every_option_once_with_one_default(capsys):
+    import dataclasses
+    import re
+
+    from asr.training.trainer import TrainConfig
+
+    with pytest.raises(SystemExit) as help_exit:
+        cli.main(["train", "--help"])
+    assert help_exit.value.code == 0
+    out = capsys.readouterr().out
+    for f in dataclasses.fields(TrainConfig):
+        assert "--" + f.name.replace("_", "-") in out, f.name
+    for flag in ("--preset", "--print-config", "--verbose", "--log-level", "--schedule-speedup", "--num-workers"):
+        assert flag in out, flag
+    help_text = " ".join(out.split())  # argparse wraps lines
+    assert "(default: None)" not in help_text
+    assert not re.search(r"\(default: [^)]*\)[^-]*\(default:", help_text), "an option shows two defaults"
+    assert "--max-duration MAX_DURATION seconds of audio per batch, per process (default: 200.0)" in help_text
 
 
 def _char_model_and_cuts(tmp_path):
@@ -72,7 +116,7 @@ def _char_model_and_cuts(tmp_path):
 
     from asr.data.tokenizer import build_char_tokenizer
     from asr.models import build_model
-    from asr.models.build import save_model
+    from asr.checkpoint import save_model
 
     texts = {"u1": "今天 天气 很好", "u2": "我们 去 公园", "u3": "你好"}
     build_char_tokenizer(texts.values(), tmp_path / "lang_char")
@@ -102,7 +146,7 @@ def test_decode_scores_characters_for_a_character_table_model(tmp_path, capsys):
     line = re.compile(r"^(CER|WER) (\d+\.\d\d)% \[(\d+) / (\d+), (\d+) ins, (\d+) del, (\d+) sub\]$")
 
     def run(results: str, *options: str) -> tuple[re.Match, dict[str, str]]:
-        argv = ["decode", "--checkpoint", str(checkpoint), "--cuts", str(cuts), "--results-dir",
+        argv = ["decode", "--checkpoint", str(checkpoint), "--cuts", str(cuts), "--out-dir",
                 str(tmp_path / results), *options]
         assert cli.main(argv) == 0
         summary = line.match(capsys.readouterr().out.splitlines()[-1])
@@ -151,7 +195,7 @@ def test_decode_scores_characters_for_a_character_table_model(tmp_path, capsys):
 
 def test_decode_scoring_unit_follows_the_tokenizer_unless_forced(tmp_path):
     from asr.data.tokenizer import build_char_tokenizer, train_bpe
-    from asr.decode import scoring_unit
+    from asr.inference import scoring_unit
 
     char_table = build_char_tokenizer(["你好"], tmp_path / "chars")
     text = tmp_path / "text.txt"

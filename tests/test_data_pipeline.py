@@ -14,7 +14,7 @@ from lhotse import CutSet, Fbank, FbankConfig, Recording, RecordingSet, Supervis
 from lhotse.cut import MonoCut
 from lhotse.utils import LOG_EPSILON, compute_num_frames
 
-from asr.data import features as features_module
+from asr import cli
 from asr.data.audio import load_audio
 from asr.data.augment import (
     make_babble,
@@ -111,7 +111,7 @@ def test_fbank_cli_stores_features_and_speed_perturbs(tmp_path):
     low_rate = make_corpus(tmp_path / "..", [0.7], rate=8000).modify_ids(lambda i: "narrowband")
     (cuts + low_rate).to_file(tmp_path / "in.jsonl.gz")
     out = tmp_path / "fbank" / "x_cuts_train.jsonl.gz"
-    assert features_module.main(["--cuts", str(tmp_path / "in.jsonl.gz"), "--out", str(out), "--speed-perturb"]) == 0
+    assert cli.main(["data", "fbank", "--cuts", str(tmp_path / "in.jsonl.gz"), "--out", str(out), "--speed-perturb"]) == 0
     written = CutSet.from_file(out)
     base_ids = ["utt0", "utt1", "narrowband"]
     assert sorted(written.ids) == sorted(base_ids + [f"{i}_sp{f}" for i in base_ids for f in ("0.9", "1.1")])
@@ -130,7 +130,7 @@ def test_fbank_cli_stores_features_and_speed_perturbs(tmp_path):
     # of its resampled audio.
     out = tmp_path / "fbank" / "one_of.jsonl.gz"
     argv = ["--cuts", str(tmp_path / "in.jsonl.gz"), "--out", str(out), "--speed-perturb", "one-of", "--seed", "1"]
-    assert features_module.main(argv) == 0
+    assert cli.main(["data", "fbank", *argv]) == 0
     written = CutSet.from_file(out)
     assert sorted(i.rsplit("_sp", 1)[0] for i in written.ids) == sorted(base_ids)
     for cut in written:
@@ -249,6 +249,29 @@ def test_sampler_state_resumes_exactly():
     resumed = module.train_dataloader(cuts, sampler_state=state).sampler
     assert first + batches_of(resumed) == expected
     assert len(expected) > 6
+
+
+def test_training_data_resumes_an_epoch_at_the_batch_training_stopped_at(tmp_path):
+    """What exact resume rests on: a fresh TrainingData fast-forwarded past ``skip`` batches of an epoch
+    gives the rest of that epoch's batches; each epoch has its own order."""
+    from asr.data.training_data import TrainingData
+
+    durations = [random.Random(i).uniform(0.5, 3.0) for i in range(60)]
+    path = tmp_path / "cuts.jsonl.gz"
+    audio_free_cuts(durations, texts=["今天"] * 60).to_file(path)
+    tokenizer = build_char_tokenizer(["今天"], tmp_path / "lang_char")
+    config = DataConfig(max_duration=6.0, num_buckets=3, num_workers=0, seed=7)
+
+    def batches(epoch: int, skip: int = 0) -> list[list[str]]:
+        data = TrainingData(config, tokenizer, str(path), None, zipformer_output_frames)
+        assert data.valid is None
+        return batches_of(data.train_batches(epoch, skip=skip).sampler)
+
+    epoch_2 = batches(2)
+    assert len(epoch_2) > 6 and sorted(c for b in epoch_2 for c in b) == [f"c{i:03d}" for i in range(60)]
+    assert batches(1) != epoch_2
+    for skip in (1, 4, len(epoch_2) - 1):
+        assert batches(2, skip=skip) == epoch_2[skip:], skip
 
 
 # -------------------------------------------------------------------------------------------- batches

@@ -3,8 +3,8 @@
 References are written here independently: a naive per-utterance greedy search, brute-force
 enumeration of every path of a tiny model or CTC output, and the full RNN-T lattice recursion
 (itself checked against enumeration) giving log P(y | x) of a decoded output under the model.
-A tiny transducer + CTC model is trained here (a couple of seconds) on a synthetic task in which
-each token is a noisy per-token feature pattern; tests/test_models.py reuses these helpers.
+A tiny transducer + CTC model (tests/helpers/tiny_models.py) is trained here (a couple of seconds) on a
+synthetic task in which each token is a noisy per-token feature pattern.
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from asr.decoding import (
     Hypothesis,
@@ -26,78 +24,11 @@ from asr.decoding import (
 )
 from asr.models import AsrModel, pad_tokens
 
-VOCAB = 6
-FEATURES = 8
+from helpers.rnnt_reference import full_lattice_logits, reference_losses, reference_rnnt_log_prob
+from helpers.tiny_models import VOCAB, make_task, tiny_model
 
 
-# ----------------------------------------------------------------------------- shared helpers
-class TinyEncoder(nn.Module):
-    """Stand-in encoder: Conv1d (kernel 3, stride ``subsampling``) + ReLU + Linear."""
-
-    def __init__(self, input_dim: int, output_dim: int, hidden: int = 32, subsampling: int = 1):
-        super().__init__()
-        self.output_dim = output_dim
-        self.subsampling = subsampling
-        self.conv = nn.Conv1d(input_dim, hidden, kernel_size=3, padding=1, stride=subsampling)
-        self.out = nn.Linear(hidden, output_dim)
-
-    def output_lengths(self, x_lens: torch.Tensor) -> torch.Tensor:
-        return (x_lens - 1) // self.subsampling + 1
-
-    def forward(self, x: torch.Tensor, x_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        y = self.out(torch.relu(self.conv(x.transpose(1, 2)).transpose(1, 2)))
-        return y, self.output_lengths(x_lens)
-
-
-def make_task(num_utts: int, generator: torch.Generator, noise: float = 0.3):
-    """Utterances of 2-5 tokens; a token is 2-3 frames of its fixed random pattern, tokens separated by
-    1-2 silent frames, plus Gaussian noise. Returns (x (N, T, F), x_lens (N,), tokens)."""
-    patterns = torch.randn(VOCAB, FEATURES, generator=torch.Generator().manual_seed(1234)) * 1.5
-
-    def randint(low: int, high: int) -> int:
-        return int(torch.randint(low, high, (1,), generator=generator))
-
-    utts, tokens = [], []
-    for _ in range(num_utts):
-        labels = torch.randint(1, VOCAB, (randint(2, 6),), generator=generator).tolist()
-        frames = [torch.zeros(randint(1, 3), FEATURES)]
-        for label in labels:
-            frames += [patterns[label].expand(randint(2, 4), -1), torch.zeros(randint(1, 3), FEATURES)]
-        utt = torch.cat(frames)
-        utts.append(utt + noise * torch.randn(utt.shape, generator=generator))
-        tokens.append(labels)
-    return nn.utils.rnn.pad_sequence(utts, batch_first=True), torch.tensor([len(u) for u in utts]), tokens
-
-
-def full_lattice_logits(model: AsrModel, enc_out: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Joiner output on the whole lattice: enc_out (N, T, C), targets (N, S) -> (N, T, S+1, V)."""
-    dec_out = model.decoder(torch.cat([torch.zeros_like(targets[:, :1]), targets], dim=1))
-    return model.joiner(enc_out.unsqueeze(2), dec_out.unsqueeze(1))
-
-
-def reference_rnnt_log_prob(logits, targets, frame_lens, target_lens) -> torch.Tensor:
-    """log P(y | x) over all alignments of the regular RNN-T lattice:
-    alpha[t, u] = logaddexp(alpha[t-1, u] + blank[t-1, u], alpha[t, u-1] + emit[t, u-1]).
-    Within a frame the u-recursion is a log-cumsum: alpha[t, u] = C[u] + logcumsumexp(A - C)[u], A the
-    contribution of frame t-1, C[u] the summed emission log-probs before u. Returns (N,)."""
-    log_probs = logits.log_softmax(dim=-1)
-    blank = log_probs[..., 0]
-    index = targets[:, None, :, None].expand(-1, logits.size(1), -1, 1)
-    emit = log_probs[:, :, :-1, :].gather(3, index)[..., 0]
-    cum_emit = F.pad(emit.cumsum(dim=2), (1, 0))
-    n, num_frames, _ = blank.shape
-    from_previous = torch.full_like(blank[:, 0], float("-inf"))
-    from_previous[:, 0] = 0.0
-    alphas = []
-    for t in range(num_frames):
-        alpha = cum_emit[:, t] + torch.logcumsumexp(from_previous - cum_emit[:, t], dim=1)
-        alphas.append(alpha)
-        from_previous = alpha + blank[:, t]
-    alphas = torch.stack(alphas, dim=1)
-    batch = torch.arange(n)
-    return alphas[batch, frame_lens - 1, target_lens] + blank[batch, frame_lens - 1, target_lens]
-
-
+# ----------------------------------------------------------------------------- helpers
 def reference_one_symbol_per_frame_log_prob(logits, targets, frame_lens, target_lens) -> torch.Tensor:
     """log P(y | x) over the alignments of the search topology, where a frame emits blank or one
     symbol and either way the next frame follows:
@@ -115,24 +46,6 @@ def reference_one_symbol_per_frame_log_prob(logits, targets, frame_lens, target_
         alphas.append(alpha)
     alphas = torch.stack(alphas, dim=1)
     return alphas[torch.arange(blank.size(0)), frame_lens, target_lens]
-
-
-def reference_losses(model: AsrModel, x, x_lens, tokens):
-    """Full RNN-T loss and CTC loss (both summed), computed without asr.losses."""
-    enc_out, enc_lens = model.encode(x, x_lens)
-    targets, target_lens = pad_tokens(tokens, model.vocab_size)
-    logits = full_lattice_logits(model, enc_out, targets)
-    rnnt = -reference_rnnt_log_prob(logits, targets, enc_lens, target_lens).sum()
-    ctc_log_probs = model.ctc_log_probs(enc_out).transpose(0, 1)
-    ctc = F.ctc_loss(ctc_log_probs, targets, enc_lens, target_lens, reduction="sum", zero_infinity=True)
-    return rnnt, ctc
-
-
-def tiny_model(seed: int = 0, encoder_dim: int = 32) -> AsrModel:
-    torch.manual_seed(seed)
-    return AsrModel(
-        TinyEncoder(FEATURES, encoder_dim), vocab_size=VOCAB, decoder_dim=16, joiner_dim=32, ctc_dropout=0.0
-    )
 
 
 def train_tiny_model(steps: int = 300, seed: int = 0) -> AsrModel:

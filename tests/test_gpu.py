@@ -1,7 +1,7 @@
 """Checks that need a CUDA GPU, skipped without one (CI has none; run them on a GPU machine with
 ``pytest tests/test_gpu.py``):
 
-* every Triton kernel case of ``triton_kernel_cases.py`` and ``triton_kernel_encoder_cases.py`` compiled
+* every Triton kernel case of ``helpers/triton_kernel_cases.py`` and ``triton_kernel_encoder_cases.py`` compiled
   for the GPU (the default run checks the same cases under the Triton interpreter), random sweeps included;
 * the kernels in float16 / bfloat16 on utterance-length sequences against the float32 reference;
 * the RNN-T losses on the GPU against the same losses on the CPU, values and gradients;
@@ -13,15 +13,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-from test_kernels import _inputs
+
+from helpers.kernels import TRITON_KERNEL_CASES, TRITON_KERNEL_ENCODER_CASES, rel_pos_inputs
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
-KERNEL_CASE_FILES = [str(Path(__file__).parent / name) for name in ("triton_kernel_cases.py", "triton_kernel_encoder_cases.py")]
+KERNEL_CASE_FILES = [str(TRITON_KERNEL_CASES), str(TRITON_KERNEL_ENCODER_CASES)]
 CUDA = torch.device("cuda")
 
 
@@ -58,7 +58,7 @@ def test_kernels_low_precision_long_sequences(dtype, length, head_dim, value_dim
     from asr_kernels.reference import rel_pos_attention_reference
 
     names = ["q", "k", "v", "q_pos", "pos_table"]
-    x = _inputs(length, length, head_dim, value_dim, pos_dim, (length, length * 2 // 3), num_heads=4, seed=11)
+    x = rel_pos_inputs(length, length, head_dim, value_dim, pos_dim, (length, length * 2 // 3), num_heads=4, seed=11)
     full = [x[name].detach().to(CUDA).requires_grad_() for name in names]
     half = [t.detach().to(dtype).requires_grad_() for t in full]
     key_bias = x["key_bias"].to(CUDA)
@@ -126,6 +126,7 @@ def test_training_step_under_autocast(dtype):
     """zipformer-xs transducer + CTC, 4 utterances of 3 s: the autocast losses are finite and within 2% of
     float32, and so is the gradient norm."""
     from asr.models.build import build_model
+    from asr.training.losses import combine_losses
 
     torch.manual_seed(0)
     model = build_model("zipformer-xs", vocab_size=64).to(CUDA).train()
@@ -139,15 +140,16 @@ def test_training_step_under_autocast(dtype):
         # Same dropout, layer skipping and quantised-derivative draws in both runs.
         torch.manual_seed(1)
         with torch.autocast(CUDA.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            losses = model(features, feature_lens, tokens, batch_idx_train=100)
-        losses.total.backward()
+            losses = model(features, feature_lens, tokens)
+            total = combine_losses(*losses, batch_idx_train=100)
+        total.backward()
         norm = torch.sqrt(sum(p.grad.float().pow(2).sum() for p in model.parameters() if p.grad is not None))
-        return losses, float(norm)
+        return {**losses._asdict(), "total": total}, float(norm)
 
     reference, reference_norm = step(None)
     losses, norm = step(dtype)
     for name in ("simple", "pruned", "ctc", "total"):
-        got, want = float(getattr(losses, name).detach()), float(getattr(reference, name).detach())
+        got, want = float(losses[name].detach()), float(reference[name].detach())
         assert torch.isfinite(torch.tensor(got)), name
         assert abs(got - want) < 0.02 * abs(want), f"{name}: {got} under autocast vs {want} in float32"
     assert abs(norm - reference_norm) < 0.02 * reference_norm, (norm, reference_norm)

@@ -4,7 +4,7 @@ Without a GPU the Triton kernels cannot run natively, so most tests here route b
 PyTorch references of the kernels (``asr_kernels.reference``, an independent definition of what the kernels
 compute): that checks the mapping of RelPositionMultiheadAttention onto the kernel API (heads first, scale,
 positional table, group-level padding and chunk masks) and which calls fall back. The real kernels run under
-the Triton interpreter in a child pytest (tests/triton_kernel_encoder_cases.py).
+the Triton interpreter in a child pytest (tests/helpers/triton_kernel_encoder_cases.py).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 import types
-from pathlib import Path
 
 import pytest
 import torch
@@ -23,9 +22,9 @@ from asr.nn import fused_attention
 from asr.nn.attention import RelPositionMultiheadAttention, set_attention_backend
 from asr.nn.masks import chunked_mask, limited_context_mask, padding_mask
 from asr_kernels.reference import rel_pos_attention_reference, rel_pos_attention_weights_reference
-from test_attention import reference_attention
 
-INTERPRETED_CASES = Path(__file__).with_name("triton_kernel_encoder_cases.py")
+from helpers.attention import reference_attention
+from helpers.kernels import TRITON_KERNEL_ENCODER_CASES
 
 TINY_CONFORMER = dict(encoder_dim=32, num_layers=2, num_heads=4, feedforward_dim=64, kernel_size=7)
 TINY_EFFICIENT = dict(stage_dims=(24, 36, 48), stage_layers=(2, 2, 1), num_heads=4, kernel_size=5)
@@ -236,12 +235,12 @@ def test_invalid_backend_is_rejected():
 
 
 def test_kernel_encoders_under_triton_interpreter():
-    """The real kernels (Triton interpreter, CPU) inside tiny encoders; see triton_kernel_encoder_cases.py."""
+    """The real kernels (Triton interpreter, CPU) inside tiny encoders; see helpers/triton_kernel_encoder_cases.py."""
     pytest.importorskip("triton")
     env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1", ASR_TEST_DEVICE="cpu")
     env.pop(fused_attention.BACKEND_ENV_VAR, None)
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(INTERPRETED_CASES)],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(TRITON_KERNEL_ENCODER_CASES)],
         env=env, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]

@@ -1,7 +1,7 @@
 """Relative-position attention: the PyTorch references against a naive element-by-element computation and
 against Zipformer's attention module, the dispatch, and the Triton kernels against the references.
 
-The kernel cases live in ``triton_kernel_cases.py``: they need ``TRITON_INTERPRET=1`` set before triton
+The kernel cases live in ``helpers/triton_kernel_cases.py``: they need ``TRITON_INTERPRET=1`` set before triton
 is imported, which must not leak into other test files of the same pytest process, so
 ``test_kernels_under_triton_interpreter`` runs that file in a child pytest with the variable set.
 """
@@ -12,7 +12,6 @@ import math
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -28,45 +27,13 @@ from asr.nn.fused_attention import (
 )
 from asr_kernels.reference import (
     chunk_mask,
-    key_bias_from_padding_mask,
     rel_pos_attention_reference,
     rel_pos_attention_weights_reference,
     rel_pos_scores_reference,
 )
 
-DATA = Path(__file__).parent / "data"
-KERNEL_CASES_FILE = Path(__file__).parent / "triton_kernel_cases.py"
-
-
-def _inputs(
-    num_queries: int, num_keys: int, head_dim: int, value_dim: int, pos_dim: int | None,
-    padded_lengths: tuple[int, ...] = (), num_heads: int = 2, seed: int = 0,
-) -> dict:
-    """Random float32 inputs, ``requires_grad`` on q, k, v, q_pos, pos_table; utterance ``n`` of
-    ``padded_lengths`` has that many valid keys (the others are unpadded)."""
-    gen = torch.Generator().manual_seed(seed)
-    batch_size = 2
-
-    def rand(*shape: int, std: float = 1.0) -> torch.Tensor:
-        return (torch.randn(*shape, generator=gen) * std).requires_grad_()
-
-    inputs = dict(
-        q=rand(num_heads, batch_size, num_queries, head_dim, std=head_dim**-0.25),
-        k=rand(num_heads, batch_size, num_keys, head_dim, std=head_dim**-0.25),
-        v=rand(num_heads, batch_size, num_keys, value_dim),
-        q_pos=None,
-        pos_table=None,
-        key_bias=None,
-    )
-    if pos_dim is not None:
-        inputs["q_pos"] = rand(num_heads, batch_size, num_queries, pos_dim)
-        inputs["pos_table"] = rand(num_heads, num_queries + num_keys - 1, pos_dim, std=0.5)
-    if padded_lengths:
-        padding = torch.zeros(batch_size, num_keys, dtype=torch.bool)
-        for n, length in enumerate(padded_lengths):
-            padding[n, length:] = True
-        inputs["key_bias"] = key_bias_from_padding_mask(padding)
-    return inputs
+from helpers import DATA
+from helpers.kernels import TRITON_KERNEL_CASES, rel_pos_inputs
 
 
 def _naive_scores(q, k, q_pos, pos_table, key_bias, chunk_size, left_chunks, scale) -> torch.Tensor:
@@ -99,7 +66,7 @@ def _naive_scores(q, k, q_pos, pos_table, key_bias, chunk_size, left_chunks, sca
     [(19, 19, (), -1, -1), (23, 23, (23, 11), 4, 1), (9, 21, (21, 15), 5, -1)],
 )
 def test_reference_scores_equal_naive(num_queries, num_keys, padded, chunk_size, left_chunks):
-    x = _inputs(num_queries, num_keys, 8, 4, 3, padded)
+    x = rel_pos_inputs(num_queries, num_keys, 8, 4, 3, padded)
     with torch.no_grad():
         args = (x["q"], x["k"], x["q_pos"], x["pos_table"], x["key_bias"], chunk_size, left_chunks, 0.7)
         expected = _naive_scores(*args)
@@ -127,7 +94,7 @@ def test_chunk_mask_by_enumeration():
 
 
 def test_reference_rows_without_keys_get_zero_weights_and_finite_grads():
-    x = _inputs(7, 7, 8, 4, 2, padded_lengths=(7, 0))
+    x = rel_pos_inputs(7, 7, 8, 4, 2, padded_lengths=(7, 0))
     weights = rel_pos_attention_weights_reference(x["q"], x["k"], x["q_pos"], x["pos_table"], x["key_bias"])
     assert torch.equal(weights[:, 1], torch.zeros_like(weights[:, 1]))
     torch.testing.assert_close(weights[:, 0].sum(-1), torch.ones(2, 7))
@@ -179,7 +146,7 @@ def test_dispatch_backend_choice(monkeypatch):
 
 
 def test_dispatch_torch_path_is_the_reference():
-    x = _inputs(11, 11, 8, 4, 4, padded_lengths=(11, 6))
+    x = rel_pos_inputs(11, 11, 8, 4, 4, padded_lengths=(11, 6))
     padding = torch.isinf(x["key_bias"])
     out = rel_pos_attention(x["q"], x["k"], x["v"], x["q_pos"], x["pos_table"], padding, 4, 0, backend="torch")
     expected = rel_pos_attention_reference(
@@ -206,7 +173,7 @@ def test_chunk_params_none_for_other_masks():
 
 
 def test_shared_inputs_equal_materialised_weights():
-    x = _inputs(15, 15, 8, 4, 2, padded_lengths=(15, 9), num_heads=3)
+    x = rel_pos_inputs(15, 15, 8, 4, 2, padded_lengths=(15, 9), num_heads=3)
     padding = torch.isinf(x["key_bias"])
     inputs = RelPosAttentionInputs(x["q"], x["k"], x["q_pos"], x["pos_table"], padding, 4, 1, backend="torch")
     weights = rel_pos_attention_weights_reference(x["q"], x["k"], x["q_pos"], x["pos_table"], x["key_bias"], 4, 1)
@@ -229,7 +196,7 @@ def _run_kernel_tests_in_interpreter(marker: str) -> None:
     env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1", ASR_TEST_DEVICE="cpu")
     env.pop("ASR_ATTENTION_BACKEND", None)
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(KERNEL_CASES_FILE), "-m", marker],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(TRITON_KERNEL_CASES), "-m", marker],
         env=env, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
@@ -300,7 +267,7 @@ def test_kernel_tiles_shrink_until_they_fit(monkeypatch):
     monkeypatch.setattr(kernels, "_FITTING_BLOCKS", {})
     monkeypatch.setattr(kernels, "_interpreted", lambda: False)
     monkeypatch.setattr(kernels.torch.Tensor, "is_cuda", property(lambda self: True))
-    x = _inputs(40, 40, 32, 12, 4, (40, 30))
+    x = rel_pos_inputs(40, 40, 32, 12, 4, (40, 30))
     tried = []
 
     def launch_fitting(limit):

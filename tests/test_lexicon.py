@@ -2,7 +2,7 @@
 
 References: the count of a token sequence by splitting its text into words (independent of the
 incremental deltas), and brute-force enumeration of every one-symbol-per-frame path of the tiny
-transducer of test_decoding with the penalty applied to each token sequence's text.
+transducer of tests/helpers/tiny_models.py with the penalty applied to each token sequence's text.
 """
 
 from __future__ import annotations
@@ -13,11 +13,12 @@ import random
 
 import pytest
 import torch
-from test_decoding import VOCAB, tiny_model
 
 from asr.decoding import modified_beam_search
 from asr.decoding.lexicon import WORD_START, Lexicon
-from asr.models.lm import NgramLM
+from asr.lm import NgramLM
+
+from helpers.tiny_models import VOCAB, tiny_model
 
 W = WORD_START
 # The tiny model's 6 ids: blank, three word starts, two continuations.
@@ -183,12 +184,12 @@ def test_word_lm_needs_a_lexicon_and_round_trips_through_arpa(tmp_path):
 
 
 def test_cli_trains_a_word_lm(tmp_path, capsys):
-    import asr.lm as lm_cli
+    from asr import cli
 
     text = tmp_path / "text.txt"
     text.write_text("\n".join(" ".join(s) for s in WORD_SENTENCES) + "\n")
     out = tmp_path / "w.arpa.gz"
-    assert lm_cli.main(["train", "--words", "--text", str(text), "--order", "2", "--out", str(out)]) == 0
+    assert cli.main(["lm", "train", "--words", "--text", str(text), "--order", "2", "--out", str(out)]) == 0
     loaded = NgramLM.load_arpa_words(out)
     # The vocabulary is the text's words (no "bad"), which sets the uniform floor of the estimate.
     symbols = ["<blk>", "<sos/eos>", "<unk>", "a", "an", "and", "b"]
@@ -198,4 +199,4 @@ def test_cli_trains_a_word_lm(tmp_path, capsys):
     for words in (["an", "b"], ["and", "a"], ["bad"]):
         assert word_lm_log_prob(loaded, words) == pytest.approx(word_lm_log_prob(direct, words), abs=1e-5)
     with pytest.raises(SystemExit):
-        lm_cli.main(["train", "--words", "--text", str(text)])  # no --out
+        cli.main(["lm", "train", "--words", "--text", str(text)])  # no --out

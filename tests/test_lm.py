@@ -17,12 +17,14 @@ import pytest
 import torch
 from lhotse import CutSet, Recording, SupervisionSegment
 from lhotse.cut import MonoCut
-from test_decoding import VOCAB, tiny_model
 
-import asr.lm as lm_cli
+import asr.lm.text as lm_text
+from asr import cli
 from asr.data.tokenizer import build_char_tokenizer, load_tokenizer
 from asr.decoding import modified_beam_search
-from asr.models.lm import NgramLM, adjusted_counts, modified_kn_discounts, ngram_counts
+from asr.lm import NgramLM, adjusted_counts, modified_kn_discounts, ngram_counts
+
+from helpers.tiny_models import VOCAB, tiny_model
 
 # ids: 0 <blk>, 1 <sos/eos> (<s> in a context, </s> predicted), 2 <unk>, then a=3, b=4, c=5
 SYMBOLS = ["<blk>", "<sos/eos>", "<unk>", "a", "b", "c"]
@@ -324,18 +326,18 @@ def write_cuts(path, texts: list[str]) -> None:
 
 def test_cli_text_excludes_evaluation_sentences(tmp_path, monkeypatch, capsys):
     pool = [f"sentence number {i} of the pool" for i in range(10)]
-    monkeypatch.setattr(lm_cli, "load_sentences", lambda: list(pool))
+    monkeypatch.setattr(lm_text, "load_sentences", lambda: list(pool))
     write_cuts(tmp_path / "dev.jsonl.gz", [pool[2], pool[5]])
     write_cuts(tmp_path / "test.jsonl.gz", [pool[7], "a sentence that is not in the pool"])
     out = tmp_path / "lm" / "text.txt.gz"
-    assert lm_cli.main(["text", "--out", str(out), "--exclude-cuts", str(tmp_path / "dev.jsonl.gz"),
+    assert cli.main(["lm", "text", "--out", str(out), "--exclude-cuts", str(tmp_path / "dev.jsonl.gz"),
                         str(tmp_path / "test.jsonl.gz")]) == 0
     with gzip.open(out, "rt") as f:
         lines = f.read().splitlines()
     assert lines == [s for i, s in enumerate(pool) if i not in (2, 5, 7)]
     assert "wrote 7 sentences" in capsys.readouterr().out and len(lines) + 3 == len(pool)
     with pytest.raises(SystemExit):
-        lm_cli.main(["text", "--out", str(out), "--exclude-cuts", str(tmp_path / "missing.jsonl.gz")])
+        cli.main(["lm", "text", "--out", str(out), "--exclude-cuts", str(tmp_path / "missing.jsonl.gz")])
 
 
 def test_cli_train_writes_the_model_of_the_tokenized_text(tmp_path, capsys):
@@ -344,7 +346,7 @@ def test_cli_train_writes_the_model_of_the_tokenized_text(tmp_path, capsys):
     build_char_tokenizer(sentences, lang)
     text = tmp_path / "text.txt"
     text.write_text("\n".join(sentences) + "\n\n")
-    assert lm_cli.main(["train", "--lang-dir", str(lang), "--text", str(text), "--order", "3",
+    assert cli.main(["lm", "train", "--lang-dir", str(lang), "--text", str(text), "--order", "3",
                         "--min-counts", "1", "1", "2"]) == 0
     assert "lm_3gram.arpa.gz" in capsys.readouterr().out
     tokenizer = load_tokenizer(lang)
@@ -357,12 +359,12 @@ def test_cli_train_writes_the_model_of_the_tokenized_text(tmp_path, capsys):
 
     empty = tmp_path / "empty.txt"
     empty.write_text("\n")
-    assert lm_cli.main(["train", "--lang-dir", str(lang), "--text", str(empty)]) == 1
+    assert cli.main(["lm", "train", "--lang-dir", str(lang), "--text", str(empty)]) == 1
     assert "holds no sentences" in capsys.readouterr().err
 
 
 def test_decode_rejects_lm_with_other_methods(capsys):
-    from asr.decode import main as decode_main
+    from asr.cli.decode import main as decode_main
 
     with pytest.raises(SystemExit):
         decode_main(["--checkpoint", "unused.pt", "--cuts", "unused.jsonl.gz", "--method", "greedy",

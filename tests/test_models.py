@@ -1,7 +1,7 @@
 """Models: stateless decoder, joiner, CTC head, AsrModel losses, build_model presets and checkpoints.
 
 Loss references (full RNN-T lattice recursion, torch's CTC) and the tiny stand-in encoder and
-synthetic task come from tests/test_decoding.py.
+synthetic task come from tests/helpers/.
 """
 
 from __future__ import annotations
@@ -17,22 +17,13 @@ from asr.models import (
     Decoder,
     Joiner,
     build_model,
-    combine_losses,
-    load_model,
     pad_tokens,
-    read_checkpoint,
-    save_model,
 )
-from test_decoding import (
-    FEATURES,
-    VOCAB,
-    TinyEncoder,
-    full_lattice_logits,
-    make_task,
-    reference_losses,
-    reference_rnnt_log_prob,
-    tiny_model,
-)
+from asr.training.losses import combine_losses
+from asr.checkpoint import load_model, read_checkpoint, save_model
+
+from helpers.rnnt_reference import full_lattice_logits, reference_losses, reference_rnnt_log_prob
+from helpers.tiny_models import FEATURES, VOCAB, TinyEncoder, make_task, tiny_model
 
 
 # ----------------------------------------------------------------------------- decoder and joiner
@@ -113,21 +104,6 @@ def test_transducer_parameter_counts_equal_icefall(name, causal, expected):
 
 
 # ----------------------------------------------------------------------------- losses
-def test_combine_losses_follows_icefall_warm_up():
-    simple, pruned, ctc = torch.tensor(10.0), torch.tensor(4.0), torch.tensor(6.0)
-    # Start: simple 1.0, pruned 0.1; halfway: 0.75 / 0.55; after warm_step: 0.5 / 1.0.
-    assert combine_losses(simple, pruned, None, batch_idx_train=0, warm_step=2000).item() == pytest.approx(10.4)
-    assert combine_losses(simple, pruned, None, batch_idx_train=1000, warm_step=2000).item() == pytest.approx(7.5 + 2.2)
-    assert combine_losses(simple, pruned, None, batch_idx_train=2000, warm_step=2000).item() == pytest.approx(9.0)
-    assert combine_losses(simple, pruned, None).item() == pytest.approx(9.0)
-    assert combine_losses(simple, pruned, ctc, batch_idx_train=5000).item() == pytest.approx(9.0 + 1.2)
-    assert combine_losses(None, None, ctc, ctc_loss_scale=0.5).item() == pytest.approx(3.0)
-    with pytest.raises(ValueError):
-        combine_losses(simple, None, ctc)
-    with pytest.raises(ValueError):
-        combine_losses(None, None, None)
-
-
 def test_losses_equal_independent_references():
     """With a band covering every label the pruned loss is the full RNN-T loss; with zero smoothing the
     simple loss is the full loss of the lattice whose logits are am[t] + lm[u]; CTC is torch's."""
@@ -146,7 +122,8 @@ def test_losses_equal_independent_references():
     assert losses.pruned.item() == pytest.approx(ref_rnnt.item(), rel=1e-9)
     assert losses.simple.item() == pytest.approx(ref_simple.item(), rel=1e-9)
     assert losses.ctc.item() == pytest.approx(ref_ctc.item(), rel=1e-6)  # asr.losses.ctc_loss runs in float32
-    assert losses.total.item() == pytest.approx((0.5 * ref_simple + ref_rnnt + 0.2 * ref_ctc).item(), rel=1e-7)
+    total = combine_losses(*losses)
+    assert total.item() == pytest.approx((0.5 * ref_simple + ref_rnnt + 0.2 * ref_ctc).item(), rel=1e-7)
     # The default prune_range (5 > any label count here) still matches; a narrow band is an upper bound.
     narrow = model(x, x_lens, tokens, prune_range=2, lm_scale=0.0)
     assert narrow.pruned.item() >= ref_rnnt.item() - 1e-9
@@ -157,14 +134,14 @@ def test_single_heads():
     torch.manual_seed(0)
     transducer = AsrModel(TinyEncoder(FEATURES, 32), VOCAB, heads=("transducer",), decoder_dim=16, joiner_dim=32)
     assert not any(k.startswith("ctc_output") for k in transducer.state_dict())
-    out = transducer(x, x_lens, tokens, batch_idx_train=0)
+    out = transducer(x, x_lens, tokens)
     assert out.ctc is None and out.simple is not None
-    assert out.total.item() == pytest.approx((out.simple + 0.1 * out.pruned).item())
+    assert combine_losses(*out, batch_idx_train=0).item() == pytest.approx((out.simple + 0.1 * out.pruned).item())
     ctc_only = AsrModel(TinyEncoder(FEATURES, 32), VOCAB, heads=("ctc",)).eval()
     assert not any(k.startswith(("decoder", "joiner", "simple_")) for k in ctc_only.state_dict())
     out = ctc_only(x, x_lens, tokens)
     assert out.simple is None and out.pruned is None
-    assert out.total.item() == pytest.approx(0.2 * out.ctc.item())
+    assert combine_losses(*out).item() == pytest.approx(0.2 * out.ctc.item())
     with pytest.raises(ValueError, match="heads"):
         AsrModel(TinyEncoder(FEATURES, 32), VOCAB, heads=("attention",))
 
@@ -179,14 +156,14 @@ def test_loss_decreases_on_tiny_task():
     def held_out_loss() -> float:
         model.eval()
         with torch.no_grad():
-            loss = model(*held_out).total.item()
+            loss = combine_losses(*model(*held_out)).item()
         model.train()
         return loss
 
     before = held_out_loss()
     for step in range(60):
         x, x_lens, tokens = make_task(16, generator)
-        loss = model(x, x_lens, tokens, batch_idx_train=step, warm_step=30).total / len(tokens)
+        loss = combine_losses(*model(x, x_lens, tokens), batch_idx_train=step, warm_step=30) / len(tokens)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -283,9 +260,9 @@ def test_transformer_transducer_uses_its_label_encoder_and_trains_and_decodes():
     model = build_model("transformer-transducer-small", vocab_size=20)
     assert isinstance(model.decoder, LabelEncoder)
     x, x_lens = torch.randn(2, 120, 80), torch.tensor([120, 90])
-    losses = model(x, x_lens, [[3, 4, 5], [7]])
-    losses.total.backward()
-    assert torch.isfinite(losses.total) and model.decoder.embedding.weight.grad is not None
+    total = combine_losses(*model(x, x_lens, [[3, 4, 5], [7]]))
+    total.backward()
+    assert torch.isfinite(total) and model.decoder.embedding.weight.grad is not None
     model.eval()
     with torch.no_grad():
         enc_out, enc_lens = model.encode(x, x_lens)

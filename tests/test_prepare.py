@@ -7,125 +7,27 @@ durations), then the fbank and lang stages against what they must produce.
 
 from __future__ import annotations
 
-import gzip
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import soundfile as sf
 
+from asr import cli
 from asr.data import prepare
 
-REPO = Path(__file__).resolve().parents[1]
-SR = 16000
-
-# LibriSpeech: part -> {speaker-chapter: [(utt, text, seconds)]}; one lower-case word checks the
-# upper-casing, and 84-1 lists an utterance whose .flac is absent (lhotse skips it; we count it).
-LIBRISPEECH = {
-    "dev-clean": {
-        "84-121123": [
-            ("0000", "GO DO YOU HEAR", 0.55),
-            ("0001", "BUT IN LESS THAN five MINUTES THE STAIRCASE GROANED", 0.8),
-        ],
-        "174-50561": [("0000", "FOREGOING  ALL   THAT", 0.6)],
-    },
-    "train-clean-100": {
-        "103-1240": [
-            ("0000", "CHAPTER ONE MISSUS RACHEL LYNDE IS SURPRISED MISSUS RACHEL LYNDE LIVED JUST", 0.9),
-            ("0001", "THAT HAD ITS SOURCE AWAY BACK IN THE WOODS OF THE OLD CUTHBERT PLACE", 0.7),
-            ("0002", "FOR NOT EVEN A BROOK COULD RUN PAST MISSUS RACHEL LYNDE'S DOOR", 0.65),
-        ],
-        "1034-121119": [("0000", "THE OLD MAN SAT IN THE SUN WATCHING THE RIVER RUN PAST THE MILL", 0.75)],
-    },
-}
-LIBRISPEECH_MISSING_FLAC = ("dev-clean", "84-121123", "0002", "NOT ON DISK")
-
-# AISHELL: part -> [(speaker, utt id, transcript as shipped, seconds)]; BAC009S0724W0999 has audio
-# but no transcript line (a counted skip, as in the real corpus).
-AISHELL = {
-    "train": [
-        ("S0002", "BAC009S0002W0122", "而 对 楼市 成交 抑制 作用 最 大 的 限 购", 0.7),
-        ("S0002", "BAC009S0002W0123", "也 成为 地方 政府 的 眼中 钉", 0.5),
-        ("S0003", "BAC009S0003W0121", "ｋ 线 图 显示 市场 回暖", 0.6),
-    ],
-    "dev": [("S0724", "BAC009S0724W0121", "甚至 出现 交易 几乎 停滞 的 情况", 0.55)],
-    "test": [("S0764", "BAC009S0764W0121", "甚至 出现 交易 几乎 停滞 的 情况", 0.45)],
-}
-AISHELL_UNTRANSCRIBED = ("dev", "S0724", "BAC009S0724W0999", 0.4)
-
-# MUSAN: part -> [(relative path, seconds)]; 10 s windows, windows of 5 s or less dropped.
-MUSAN = {
-    "music": [("fma/music-fma-0000.wav", 6.0)],
-    "speech": [("librivox/speech-librivox-0000.wav", 5.5)],
-    "noise": [("free-sound/noise-free-sound-0000.wav", 16.0)],
-}
-MUSAN_WINDOWS = 1 + 1 + 2  # 6 s; 5.5 s; 16 s -> 10 s + 6 s
-
-
-def write_tone(path: Path, seconds: float, freq: float = 440.0) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    t = np.arange(round(seconds * SR)) / SR
-    sf.write(path, (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32), SR)
-
-
-def make_librispeech(dl_dir: Path) -> dict[str, dict[str, tuple[str, float]]]:
-    """Write the tree; returns part -> utt id -> (normalised text, duration)."""
-    expected: dict[str, dict[str, tuple[str, float]]] = {}
-    for part, chapters in LIBRISPEECH.items():
-        expected[part] = {}
-        for spk_chapter, utts in chapters.items():
-            spk, chapter = spk_chapter.split("-")
-            chapter_dir = dl_dir / "LibriSpeech" / part / spk / chapter
-            lines = []
-            for i, (utt, text, seconds) in enumerate(utts):
-                utt_id = f"{spk_chapter}-{utt}"
-                write_tone(chapter_dir / f"{utt_id}.flac", seconds, freq=200.0 + 50 * i)
-                lines.append(f"{utt_id} {text}")
-                expected[part][utt_id] = (" ".join(text.split()).upper(), seconds)
-            if (part, spk_chapter) == LIBRISPEECH_MISSING_FLAC[:2]:
-                lines.append(f"{spk_chapter}-{LIBRISPEECH_MISSING_FLAC[2]} {LIBRISPEECH_MISSING_FLAC[3]}")
-            (chapter_dir / f"{spk_chapter}.trans.txt").write_text("\n".join(lines) + "\n")
-    return expected
-
-
-def make_aishell(dl_dir: Path) -> dict[str, dict[str, tuple[str, float]]]:
-    root = dl_dir / "aishell" / "data_aishell"
-    expected: dict[str, dict[str, tuple[str, float]]] = {}
-    lines = []
-    for part, utts in AISHELL.items():
-        expected[part] = {}
-        for spk, utt_id, text, seconds in utts:
-            write_tone(root / "wav" / part / spk / f"{utt_id}.wav", seconds)
-            lines.append(f"{utt_id} {text}")
-            expected[part][utt_id] = ("".join(text.split()).replace("ｋ", "K"), seconds)
-    part, spk, utt_id, seconds = AISHELL_UNTRANSCRIBED
-    write_tone(root / "wav" / part / spk / f"{utt_id}.wav", seconds)
-    lines.append("BAC009S0900W0001 没有 音频 的 句子")  # a transcript with no audio: ignored
-    (root / "transcript").mkdir(parents=True)
-    (root / "transcript" / "aishell_transcript_v0.8.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return expected
-
-
-def make_musan(dl_dir: Path) -> None:
-    for part, files in MUSAN.items():
-        for rel, seconds in files:
-            write_tone(dl_dir / "musan" / part / rel, seconds, freq=300.0)
-    (dl_dir / "musan" / "music" / "fma" / "ANNOTATIONS").write_text("music-fma-0000 Classical N Someone\n")
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        return [json.loads(line) for line in f]
-
-
-def run_recipe(corpus: str, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", OMP_NUM_THREADS="1")
-    script = REPO / "recipes" / corpus / "ASR" / "prepare.sh"
-    return subprocess.run(["bash", str(script), *args], capture_output=True, text=True, env=env)
+from helpers.corpora import (
+    AISHELL,
+    LIBRISPEECH,
+    MUSAN,
+    MUSAN_WINDOWS,
+    SR,
+    make_aishell,
+    make_librispeech,
+    make_musan,
+    read_jsonl,
+    run_recipe,
+    write_tone,
+)
 
 
 def check_cuts(cuts_path: Path, expected: dict[str, tuple[str, float]], audio_suffix: str) -> None:
@@ -246,24 +148,24 @@ def test_recipe_rejects_unknown_option(tmp_path):
 
 
 def test_missing_or_empty_corpus_and_absent_part(tmp_path, capsys):
-    assert prepare.main(["librispeech", "--corpus-dir", str(tmp_path / "nope"), "--out-dir", str(tmp_path / "o")]) == 1
+    assert cli.main(["data", "prepare", "librispeech", "--corpus-dir", str(tmp_path / "nope"), "--out-dir", str(tmp_path / "o")]) == 1
     assert f"{tmp_path / 'nope'} does not exist" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
-    assert prepare.main(["aishell", "--corpus-dir", str(tmp_path / "empty"), "--out-dir", str(tmp_path / "o")]) == 1
+    assert cli.main(["data", "prepare", "aishell", "--corpus-dir", str(tmp_path / "empty"), "--out-dir", str(tmp_path / "o")]) == 1
     assert f"{tmp_path / 'empty'} is empty" in capsys.readouterr().err
 
     write_tone(tmp_path / "LibriSpeech" / "dev-clean" / "1" / "2" / "1-2-0000.flac", 0.2)
     (tmp_path / "LibriSpeech" / "dev-clean" / "1" / "2" / "1-2.trans.txt").write_text("1-2-0000 HI\n")
     args = ["librispeech", "--corpus-dir", str(tmp_path / "LibriSpeech"), "--out-dir", str(tmp_path / "o")]
-    assert prepare.main([*args, "--parts", "dev-clean", "test-other"]) == 1
+    assert cli.main(["data", "prepare", *args, "--parts", "dev-clean", "test-other"]) == 1
     err = capsys.readouterr().err
     assert "part 'test-other' is absent" in err and str(tmp_path / "LibriSpeech" / "test-other") in err
     assert "present under" in err and "dev-clean" in err
-    assert prepare.main([*args, "--parts", "dev-cleen"]) == 1
+    assert cli.main(["data", "prepare", *args, "--parts", "dev-cleen"]) == 1
     assert "unknown librispeech part(s) dev-cleen" in capsys.readouterr().err
 
     (tmp_path / "LibriSpeech" / "dev-clean" / "1" / "2" / "1-2-0000.flac").write_bytes(b"not audio" * 20)
-    assert prepare.main(args) == 1
+    assert cli.main(["data", "prepare", *args]) == 1
     assert "unreadable audio" in (err := capsys.readouterr().err) and "1-2-0000.flac" in err
     assert not (tmp_path / "o" / "librispeech_cuts_dev-clean.jsonl.gz").exists()
 
@@ -273,18 +175,18 @@ def test_aishell_needs_all_parts_and_transcript(tmp_path, capsys):
     args = ["aishell", "--corpus-dir", str(tmp_path / "aishell"), "--out-dir", str(tmp_path / "o")]
     transcript = tmp_path / "aishell" / "data_aishell" / "transcript" / "aishell_transcript_v0.8.txt"
     transcript.rename(transcript.with_suffix(".bak"))
-    assert prepare.main(args) == 1
+    assert cli.main(["data", "prepare", *args]) == 1
     assert f"{transcript} does not exist" in capsys.readouterr().err
     transcript.with_suffix(".bak").rename(transcript)
     test_dir = tmp_path / "aishell" / "data_aishell" / "wav" / "test"
     test_dir.rename(tmp_path / "elsewhere")
-    assert prepare.main([*args, "--parts", "dev"]) == 1
+    assert cli.main(["data", "prepare", *args, "--parts", "dev"]) == 1
     assert f"part 'test' is absent: no directory {test_dir}" in capsys.readouterr().err
 
 
 def test_download_failure_is_a_clear_error(tmp_path, capsys):
     # Port 9 on localhost refuses at once: the failure path without touching the network.
-    code = prepare.main(["download", "aishell", "--dl-dir", str(tmp_path), "--mirror", "http://127.0.0.1:9"])
+    code = cli.main(["data", "prepare", "download", "aishell", "--dl-dir", str(tmp_path), "--mirror", "http://127.0.0.1:9"])
     err = capsys.readouterr().err
     assert code == 1 and "could not download aishell" in err and "openslr.org/33" in err
     assert "Traceback" not in err

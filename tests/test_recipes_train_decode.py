@@ -1,6 +1,6 @@
 """The LibriSpeech and AISHELL train.sh / decode.sh recipes, run for real on miniature corpora.
 
-The corpus trees are those of tests/test_prepare.py (same layout, texts and helpers), with clips long
+The corpus trees are those of tests/test_prepare.py (tests/helpers/corpora.py), with clips long
 enough for a Zipformer to emit every token; prepare.sh stages 1-4 make the features and lang dirs,
 train.sh trains a tiny Zipformer for two short epochs and decode.sh decodes. Each WER line (CER for
 AISHELL, which asr decode scores by character) that decode.sh prints is checked against the error counts
@@ -9,18 +9,15 @@ computed here with kaldialign from the hyps.txt it wrote and the cuts' own texts
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import kaldialign
 import pytest
 import torch
 
-import test_prepare as corpora
-from test_prepare import REPO
+from helpers import corpora
 
 # test_prepare's trees, with a test-clean part added and every clip stretched to 1.4-3.2 s: its clips
 # (under 1 s) are too short for their transcripts, and training drops a cut whose tokens outnumber the
@@ -49,18 +46,14 @@ SUMMARY = re.compile(r"^(\S+)\s+((?:WER|CER) \S+% \[(\d+) / (\d+), (\d+) ins, (\
 
 def recipe(corpus: str, script: str, *args: str) -> subprocess.CompletedProcess:
     """Run recipes/<corpus>/ASR/<script> the way test_prepare runs prepare.sh (asr on PATH, one thread)."""
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", OMP_NUM_THREADS="1")
-    path = REPO / "recipes" / corpus / "ASR" / script
-    return subprocess.run(["bash", str(path), *args], capture_output=True, text=True, env=env)
+    return corpora.run_recipe(corpus, *args, script=script)
 
 
 @pytest.fixture(scope="module")
 def librispeech(tmp_path_factory) -> Path:
     """prepare.sh stages 1-4 on a miniature LibriSpeech (+ MUSAN) tree; returns the data dir."""
     root = tmp_path_factory.mktemp("librispeech")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(corpora, "LIBRISPEECH", LIBRISPEECH)
-        corpora.make_librispeech(root / "download")
+    corpora.make_librispeech(root / "download", LIBRISPEECH)
     corpora.make_musan(root / "download")
     run = recipe(
         "librispeech", "prepare.sh", "--stage", "1", "--dl-dir", str(root / "download"), "--data-dir",
@@ -74,9 +67,7 @@ def librispeech(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def aishell(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("aishell")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(corpora, "AISHELL", AISHELL)
-        corpora.make_aishell(root / "download")
+    corpora.make_aishell(root / "download", AISHELL)
     run = recipe(
         "aishell", "prepare.sh", "--stage", "1", "--dl-dir", str(root / "download"), "--data-dir",
         str(root / "data"), "--speed-perturb", "false", "--nj", "1",
@@ -238,7 +229,7 @@ def test_librispeech_causal_two_processes_chunked_decode(librispeech, tmp_path):
     assert len(saved["rng"]) == 2 and saved["state"]["batch_idx_train"] > 0  # one RNG state per rank
     assert saved["config"]["causal"] and saved["config"]["noise_cuts"] is None
 
-    # --use-averaged-model false --avg 2: the mean of epoch-1.pt and epoch-2.pt (tools/average_checkpoints.py)
+    # --use-averaged-model false --avg 2: the mean of epoch-1.pt and epoch-2.pt (asr average writes a model file)
     sets = {"test-clean": librispeech / "fbank" / "librispeech_cuts_test-clean.jsonl.gz"}
     decode = recipe(
         "librispeech", "decode.sh", *common, "--epoch", "2", "--avg", "2", "--use-averaged-model", "false",
@@ -247,7 +238,7 @@ def test_librispeech_causal_two_processes_chunked_decode(librispeech, tmp_path):
     )
     assert decode.returncode == 0, decode.stderr
     assert "--chunk-size 16 --left-context-frames 64" in decode.stdout
-    averaged = torch.load(exp / "averaged" / "epoch-2-avg-2.pt", map_location="cpu", weights_only=False)["model"]
+    averaged = torch.load(exp / "averaged" / "epoch-2-avg-2.pt", map_location="cpu", weights_only=False)["state_dict"]
     epochs = [torch.load(exp / f"epoch-{e}.pt", map_location="cpu", weights_only=False)["model"] for e in (1, 2)]
     for name in [k for k, v in averaged.items() if v.is_floating_point()][:5]:
         torch.testing.assert_close(averaged[name], (epochs[0][name] + epochs[1][name]) / 2)

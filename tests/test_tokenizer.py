@@ -10,7 +10,7 @@ import sentencepiece as spm
 from lhotse import CutSet, Recording, SupervisionSegment
 from lhotse.cut import MonoCut
 
-from asr.data import tokenizer as tokenizer_module
+from asr import cli
 from asr.data.tokenizer import (
     BpeTokenizer,
     CharTokenizer,
@@ -146,7 +146,7 @@ def test_cli_bpe_from_cuts(tmp_path):
     sentences = english_sentences(300)
     cuts_with_texts(sentences).to_file(tmp_path / "cuts.jsonl.gz")
     lang = tmp_path / "lang_bpe_50"
-    assert tokenizer_module.main(["bpe", "--cuts", str(tmp_path / "cuts.jsonl.gz"), "--vocab-size", "50", "--out-dir", str(lang)]) == 0
+    assert cli.main(["data", "tokenizer", "bpe", "--cuts", str(tmp_path / "cuts.jsonl.gz"), "--vocab-size", "50", "--out-dir", str(lang)]) == 0
     assert (lang / "transcript_words.txt").read_text(encoding="utf-8").splitlines() == sentences
     assert len(read_tokens(lang / "tokens.txt")) == 50
     tok = load_tokenizer(lang)
@@ -159,7 +159,7 @@ def test_cli_bpe_on_its_own_transcript(tmp_path):
     sentences = english_sentences(300)
     (lang / "transcript_words.txt").write_text("\n".join(sentences) + "\n", encoding="utf-8")
     args = ["bpe", "--text", str(lang / "transcript_words.txt"), "--vocab-size", "40", "--out-dir", str(lang)]
-    assert tokenizer_module.main(args) == 0
+    assert cli.main(["data", "tokenizer", *args]) == 0
     assert (lang / "transcript_words.txt").read_text(encoding="utf-8").splitlines() == sentences
 
 
@@ -167,13 +167,13 @@ def test_cli_bpe_vocab_too_large_is_a_clear_error(tmp_path, caplog):
     text = tmp_path / "t.txt"
     text.write_text("A B C\n", encoding="utf-8")
     caplog.set_level(logging.ERROR)
-    assert tokenizer_module.main(["bpe", "--text", str(text), "--vocab-size", "500", "--out-dir", str(tmp_path / "l")]) == 1
+    assert cli.main(["data", "tokenizer", "bpe", "--text", str(text), "--vocab-size", "500", "--out-dir", str(tmp_path / "l")]) == 1
     assert "Vocabulary size too high (500)" in caplog.text and "t.txt" in caplog.text
 
 
 def test_cli_missing_input(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        tokenizer_module.main(["chars", "--text", str(tmp_path / "absent.txt"), "--out-dir", str(tmp_path)])
+        cli.main(["data", "tokenizer", "chars", "--text", str(tmp_path / "absent.txt"), "--out-dir", str(tmp_path)])
     assert exit_info.value.code == 2
     assert "absent.txt: no such file" in capsys.readouterr().err
 
@@ -181,7 +181,7 @@ def test_cli_missing_input(tmp_path, capsys):
 def test_cli_chars_from_text(tmp_path):
     text = tmp_path / "text.txt"
     text.write_text("今天 天气 很好\n我们 去 公园\n", encoding="utf-8")
-    assert tokenizer_module.main(["chars", "--text", str(text), "--out-dir", str(tmp_path / "lang_char")]) == 0
+    assert cli.main(["data", "tokenizer", "chars", "--text", str(text), "--out-dir", str(tmp_path / "lang_char")]) == 0
     table = read_tokens(tmp_path / "lang_char" / "tokens.txt")
     assert len(table) == 3 + len(set("今天天气很好我们去公园"))
     assert not (tmp_path / "lang_char" / "bpe.model").exists()

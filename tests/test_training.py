@@ -8,13 +8,15 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from asr.training import checkpoint as ckpt
+from asr import checkpoint as ckpt
+from asr import cli
+
+from helpers import HELPERS
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -23,14 +25,19 @@ def asr_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "asr", *args]
 
 
-def train_args(corpus: dict[str, Path], exp_dir: Path, *extra: str) -> list[str]:
-    return asr_command(
+def train_argv(corpus: dict[str, Path], exp_dir: Path, *extra: str) -> list[str]:
+    """``asr train`` arguments: one epoch of a one-layer-per-stack Zipformer, a checkpoint every 2 batches."""
+    return [
         "train", "--preset", "synth-cpu",
         "--train-cuts", str(corpus["train"]), "--lang-dir", str(corpus["lang"]), "--exp-dir", str(exp_dir),
         "--encoder-kwargs", '{"num_encoder_layers": [1, 1, 1, 1, 1, 1]}',
         "--max-duration", "12", "--num-epochs", "1", "--num-workers", "0", "--save-every-n", "2",
         "--keep-last-k", "100", "--average-period", "1", "--log-interval", "1", *extra,
-    )
+    ]
+
+
+def train_args(corpus: dict[str, Path], exp_dir: Path, *extra: str) -> list[str]:
+    return asr_command(*train_argv(corpus, exp_dir, *extra))
 
 
 def test_killed_run_resumes_at_the_same_step_and_matches_an_uninterrupted_run(corpus, tmp_path):
@@ -40,22 +47,19 @@ def test_killed_run_resumes_at_the_same_step_and_matches_an_uninterrupted_run(co
     total_batches = reference["state"]["batch_idx_train"]
     assert total_batches >= 5, "the test needs an epoch of several batches"
 
-    # Kill (SIGKILL, no chance to clean up) as soon as the second batch checkpoint exists.
-    process = subprocess.Popen(train_args(corpus, killed_dir), env=ENV, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 240
-    while not (killed_dir / "checkpoint-4.pt").exists():
-        assert process.poll() is None, "training ended before it could be killed"
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    # Kill (SIGKILL, no chance to clean up) right after the second batch checkpoint is written.
+    killed = subprocess.run(
+        [sys.executable, str(HELPERS / "kill_after_checkpoint.py"), "checkpoint-4.pt", *train_argv(corpus, killed_dir)],
+        env=ENV, capture_output=True, text=True, timeout=240,
+    )
+    assert killed.returncode == -signal.SIGKILL, "training ended before it could be killed: " + killed.stderr[-3000:]
     assert not (killed_dir / "epoch-1.pt").exists()
     # Whatever the kill interrupted, no torn checkpoint is left behind under a real name.
     for path in ckpt.batch_checkpoints(killed_dir):
         ckpt.load(path)
 
     newest = ckpt.batch_checkpoints(killed_dir)[-1]
+    assert newest.name == "checkpoint-4.pt"
     newest_batch = int(newest.stem.split("-")[1])
     resumed = subprocess.run(train_args(corpus, killed_dir), check=True, env=ENV, capture_output=True, text=True)
     assert f"resumed from {newest}: epoch 1, batch {newest_batch} of the epoch" in resumed.stderr
@@ -97,7 +101,7 @@ def test_decode_files_and_cuts_with_a_trained_checkpoint(corpus, tmp_path):
     results_dir = tmp_path / "results"
     result = subprocess.run(
         asr_command("decode", "--checkpoint", str(exp_dir / "epoch-1.pt"), "--cuts", str(corpus["test"]),
-                    "--results-dir", str(results_dir), "--method", "ctc_greedy"),
+                    "--out-dir", str(results_dir), "--method", "ctc_greedy"),
         env=ENV, capture_output=True, text=True, check=True,
     )
     assert result.stdout.splitlines()[-1].startswith("WER ")
@@ -106,24 +110,20 @@ def test_decode_files_and_cuts_with_a_trained_checkpoint(corpus, tmp_path):
     assert (results_dir / "errs.txt").read_text().strip()
 
 
-def test_average_checkpoints_tool_is_the_elementwise_mean_and_decodes(corpus, tmp_path):
+def test_asr_average_is_the_elementwise_mean_and_decodes(corpus, tmp_path):
     import importlib.util
 
     exp_dir = tmp_path / "exp"
     subprocess.run(train_args(corpus, exp_dir), check=True, env=ENV, capture_output=True)
     first, second = ckpt.batch_checkpoints(exp_dir)[:2]
-    spec = importlib.util.spec_from_file_location("average_checkpoints", Path(__file__).parents[1] / "tools" /
-                                                  "average_checkpoints.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
     out = tmp_path / "avg.pt"
-    assert tool.main([str(out), str(first), str(second)]) == 0
-    a, b, averaged = ckpt.load(first)["model"], ckpt.load(second)["model"], ckpt.load(out)["model"]
+    assert cli.main(["average", "--out", str(out), str(first), str(second)]) == 0
+    a, b, averaged = ckpt.load(first)["model"], ckpt.load(second)["model"], ckpt.load(out)["state_dict"]
     for key, value in averaged.items():
         if value.is_floating_point():
             torch.testing.assert_close(value, (a[key].double() + b[key].double()).div(2).to(value.dtype))
     result = subprocess.run(
-        asr_command("decode", "--checkpoint", str(out), "--cuts", str(corpus["test"]), "--results-dir",
+        asr_command("decode", "--checkpoint", str(out), "--cuts", str(corpus["test"]), "--out-dir",
                     str(tmp_path / "r")),
         env=ENV, capture_output=True, text=True, check=True,
     )
@@ -140,7 +140,7 @@ def test_average_checkpoints_tool_is_the_elementwise_mean_and_decodes(corpus, tm
                        "--json", str(curve_json)]) == 0
     (row,) = json.loads(curve_json.read_text())["rows"]
     decoded = subprocess.run(
-        asr_command("decode", "--checkpoint", str(second), "--cuts", str(corpus["test"]), "--results-dir",
+        asr_command("decode", "--checkpoint", str(second), "--cuts", str(corpus["test"]), "--out-dir",
                     str(tmp_path / "r2")),
         env=ENV, capture_output=True, text=True, check=True,
     ).stdout.splitlines()[-1]
@@ -183,7 +183,7 @@ def char_lang(tmp_path) -> Path:
 
 
 def _train(tmp_path: Path, lang: Path, train_cuts: Path, *extra: str) -> int:
-    from asr.training.cli import main
+    from asr.cli.train import main
 
     return main([
         "--train-cuts", str(train_cuts), "--lang-dir", str(lang), "--exp-dir", str(tmp_path / "exp"),
@@ -198,7 +198,7 @@ UNUSABLE = [(0.05, "你好"), (0.3, "你好世界你好世界"), (1.0, "你好�
 
 
 def test_average_batches_decodes_the_mean_of_the_models_of_the_last_batches(corpus, tmp_path):
-    from asr.decode import load_checkpoint_for_decoding
+    from asr.checkpoint import load_model
 
     exp_dir = tmp_path / "exp"
     # A checkpoint after every batch, so the mean of the saved models is the reference.
@@ -212,7 +212,7 @@ def test_average_batches_decodes_the_mean_of_the_models_of_the_last_batches(corp
     assert ckpt.checkpoint_near_batch(exp_dir, -50, before=end_batch).name == "checkpoint-1.pt"
     assert ckpt.checkpoint_near_batch(exp_dir, 0, before=1) is None
 
-    model, _ = load_checkpoint_for_decoding(batches[-1], average_batches=3)
+    model = load_model(batches[-1], average_batches=3)
     last_three = [ckpt.load(p)["model"] for p in batches[-3:]]
     for key, value in model.state_dict().items():
         if value.is_floating_point():
@@ -221,13 +221,13 @@ def test_average_batches_decodes_the_mean_of_the_models_of_the_last_batches(corp
 
     result = subprocess.run(
         asr_command("decode", "--checkpoint", str(exp_dir), "--average-batches", "3", "--cuts", str(corpus["test"]),
-                    "--results-dir", str(tmp_path / "r")),
+                    "--out-dir", str(tmp_path / "r")),
         env=ENV, capture_output=True, text=True, check=True,
     )
     assert f"averaged over batches {end_batch - 2}-{end_batch}" in result.stderr
     assert result.stdout.splitlines()[-1].startswith("WER ")
     # The first checkpoint has nothing before it: a warning, and the model of that checkpoint alone.
-    first, _ = load_checkpoint_for_decoding(batches[0], average_batches=3)
+    first = load_model(batches[0], average_batches=3)
     for key, value in first.state_dict().items():
         torch.testing.assert_close(value, ckpt.load(batches[0])["model"][key])
     failed = subprocess.run(
@@ -287,6 +287,57 @@ def test_non_finite_gradients_names_exactly_the_bad_parameters(dtype):
     assert non_finite_gradients(model) == []
 
 
+def test_combine_losses_follows_icefall_warm_up():
+    from asr.training.losses import combine_losses
+
+    simple, pruned, ctc = torch.tensor(10.0), torch.tensor(4.0), torch.tensor(6.0)
+    # Start: simple 1.0, pruned 0.1; halfway: 0.75 / 0.55; after warm_step: 0.5 / 1.0.
+    assert combine_losses(simple, pruned, None, batch_idx_train=0, warm_step=2000).item() == pytest.approx(10.4)
+    assert combine_losses(simple, pruned, None, batch_idx_train=1000, warm_step=2000).item() == pytest.approx(7.5 + 2.2)
+    assert combine_losses(simple, pruned, None, batch_idx_train=2000, warm_step=2000).item() == pytest.approx(9.0)
+    assert combine_losses(simple, pruned, None).item() == pytest.approx(9.0)
+    assert combine_losses(simple, pruned, ctc, batch_idx_train=5000).item() == pytest.approx(9.0 + 1.2)
+    assert combine_losses(None, None, ctc, ctc_loss_scale=0.5).item() == pytest.approx(3.0)
+    with pytest.raises(ValueError):
+        combine_losses(simple, None, ctc)
+    with pytest.raises(ValueError):
+        combine_losses(None, None, None)
+
+
+def test_schedule_speedup_keeps_the_batch_count_of_configs_saved_with_a_scaled_ref_duration():
+    """The synth-cpu preset counts each 30 s batch as 120 for the model's schedules, through schedule_speedup
+    with icefall's ref_duration of 600 s; a config stored with ref_duration 0.25 and no schedule_speedup
+    (how the preset used to say it) gives the same counts, float for float."""
+    from dataclasses import asdict
+
+    from asr.training.presets import PRESETS
+    from asr.training.trainer import TrainConfig
+
+    paths = {"exp_dir": "exp", "train_cuts": "cuts.jsonl.gz", "lang_dir": "lang"}
+    preset = TrainConfig.from_dict({**paths, **PRESETS["synth-cpu"]})
+    assert preset.ref_duration == 600.0 and preset.max_duration == 30.0
+    stored = {**asdict(preset), "ref_duration": 0.25}
+    del stored["schedule_speedup"]
+    old = TrainConfig.from_dict(stored)
+    assert old.schedule_speedup == 1.0
+    for max_duration in (30.0, 12.0, 6.0):
+        new_config = TrainConfig.from_dict({**paths, **PRESETS["synth-cpu"], "max_duration": max_duration})
+        old_config = TrainConfig.from_dict({**stored, "max_duration": max_duration})
+        for world_size in (1, 2, 3):
+            for batch in (0, 1, 7, 167, 1000, 123_457):
+                expected = batch * max_duration * world_size / 0.25  # exact: 4 * an integer
+                assert new_config.adjusted_batch_count(batch, world_size) == expected
+                assert old_config.adjusted_batch_count(batch, world_size) == expected
+    assert preset.adjusted_batch_count(1) == 120.0
+    # A stored ref_duration of 15 s is a speedup of 40 (the figures tests/test_ddp.py compares with).
+    scaled = TrainConfig.from_dict({**paths, "max_duration": 12.0, "ref_duration": 15.0})
+    sped_up = TrainConfig.from_dict({**paths, "max_duration": 12.0, "schedule_speedup": 40.0})
+    for batch in range(200):
+        assert scaled.adjusted_batch_count(batch, 2) == sped_up.adjusted_batch_count(batch, 2) == batch * 24 / 15
+    # icefall's count, without a speedup: batches of max_duration seconds times processes over 600 s.
+    assert TrainConfig.from_dict(paths).adjusted_batch_count(300, 4) == 300 * 200.0 * 4 / 600
+
+
 def test_make_gpu_data_subsets_features_and_slims_the_checkpoint(corpus, tmp_path):
     """tools/make_gpu_data.py: the first N cuts with the same features, and a model.pt without training
     state that decodes exactly like the checkpoint it came from."""
@@ -322,7 +373,7 @@ def test_make_gpu_data_subsets_features_and_slims_the_checkpoint(corpus, tmp_pat
     decoded = {}
     for name, path in (("full", checkpoint), ("slim", out / "model.pt")):
         subprocess.run(asr_command("decode", "--checkpoint", str(path), "--cuts",
-                                   str(out / "data" / "cuts_test.jsonl.gz"), "--results-dir", str(tmp_path / name)),
+                                   str(out / "data" / "cuts_test.jsonl.gz"), "--out-dir", str(tmp_path / name)),
                        env=ENV, check=True, capture_output=True)
         decoded[name] = (tmp_path / name / "hyps.txt").read_text()
     assert decoded["slim"] == decoded["full"] and decoded["full"].strip()

@@ -8,7 +8,8 @@ import warnings
 
 import pytest
 
-from asr.wer import EPS, compute_wer, format_group_table, main, read_text_file, wer_by_group, write_error_stats
+from asr.cli.wer import main
+from asr.wer import EPS, compute_wer, format_group_table, read_text_file, wer_by_group, write_error_stats
 
 
 def levenshtein(ref: list[str], hyp: list[str]) -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
 
@@ -11,16 +10,12 @@ import torch
 
 from asr.encoders import build_encoder, encoder_names
 from asr.encoders.zipformer import ZipformerEncoder
+from asr.models import AsrModel
+from asr.models.icefall import convert_icefall
+
+from helpers.icefall import icefall_state
 
 DATA = Path(__file__).parent / "data"
-TOOLS = Path(__file__).parent.parent / "tools"
-
-
-def _convert_tool():
-    spec = importlib.util.spec_from_file_location("convert_icefall", TOOLS / "convert_icefall.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _num_params(model: torch.nn.Module) -> int:
@@ -253,23 +248,18 @@ def test_streaming_states_layout_and_errors():
 # -- icefall checkpoints -------------------------------------------------------------------------
 
 
-def _converted(tmp_path, fixture_io, name: str, causal: bool):
-    tool = _convert_tool()
-    overrides = [f"--set={k}={','.join(map(str, v)) if isinstance(v, tuple) else v}"
-                 for k, v in fixture_io["config"].items()]
-    out = tmp_path / "converted.pt"
-    args = [str(DATA / name), str(out), "--encoder", "zipformer-small", *overrides] + (["--causal"] if causal else [])
-    assert tool.main(args) == 0
-    converted = torch.load(out, weights_only=True)
-    return tool, converted
+def _converted(fixture_io, name: str, causal: bool) -> AsrModel:
+    """The fixture as converted by ``convert_icefall``; its stand-in transducer is replaced by tensors of
+    icefall's shapes (``helpers/icefall.py``), the encoder is the fixture's."""
+    return convert_icefall(icefall_state(name), "zipformer-small", causal, fixture_io["config"], source=name)
 
 
-def test_icefall_fixture_offline(tmp_path, fixture_io):
-    tool, converted = _converted(tmp_path, fixture_io, "zipformer_icefall_tiny.pt", causal=False)
-    assert converted["encoder"] == "zipformer-small" and converted["causal"] is False
-    assert sorted({k.split(".")[0] for k in converted["icefall_other"]}) == [
+def test_icefall_fixture_offline(fixture_io):
+    converted = _converted(fixture_io, "zipformer_icefall_tiny.pt", causal=False)
+    assert converted.build_config["encoder_name"] == "zipformer-small" and converted.build_config["causal"] is False
+    assert sorted({k.split(".")[0] for k in converted.state_dict() if not k.startswith("encoder.")}) == [
         "ctc_output", "decoder", "joiner", "simple_am_proj", "simple_lm_proj"]
-    model = tool.load_encoder(converted)
+    model = converted.encoder
     x = fixture_io["offline_x"]
     with torch.no_grad():
         y, y_lens = model(x, torch.tensor([61, 61]))
@@ -281,9 +271,8 @@ def test_icefall_fixture_offline(tmp_path, fixture_io):
     torch.testing.assert_close(y[1:, : y_lens[1]], fixture_io["alone_y1"], atol=1e-4, rtol=0)
 
 
-def test_icefall_fixture_causal_masked_and_streaming(tmp_path, fixture_io):
-    tool, converted = _converted(tmp_path, fixture_io, "zipformer_icefall_tiny_causal.pt", causal=True)
-    model = tool.load_encoder(converted)
+def test_icefall_fixture_causal_masked_and_streaming(fixture_io):
+    model = _converted(fixture_io, "zipformer_icefall_tiny_causal.pt", causal=True).encoder
     model.chunk_size, model.left_context_frames = fixture_io["chunk_size"], fixture_io["left_context_frames"]
     x = fixture_io["causal_x"]
     with torch.no_grad():
@@ -295,11 +284,12 @@ def test_icefall_fixture_causal_masked_and_streaming(tmp_path, fixture_io):
 
 
 def test_convert_rejects_wrong_causality(tmp_path, fixture_io, capsys):
-    tool = _convert_tool()
+    from asr.cli.convert import icefall
+
     overrides = [f"--set={k}={','.join(map(str, v)) if isinstance(v, tuple) else v}"
                  for k, v in fixture_io["config"].items()]
-    code = tool.main([str(DATA / "zipformer_icefall_tiny_causal.pt"), str(tmp_path / "o.pt"),
-                      "--encoder", "zipformer-small", *overrides])
+    code = icefall([str(DATA / "zipformer_icefall_tiny_causal.pt"), "--out", str(tmp_path / "o.pt"),
+                    "--encoder", "zipformer-small", *overrides])
     assert code == 1
     assert "add --causal" in capsys.readouterr().err
     assert not (tmp_path / "o.pt").exists()

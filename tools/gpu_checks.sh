@@ -7,7 +7,7 @@
 #
 # STEPS (default: all, in this order):
 #   env        GPU, driver, torch and triton versions
-#   kernels    every case of tests/triton_kernel_cases.py and triton_kernel_encoder_cases.py compiled for
+#   kernels    every case of tests/helpers/triton_kernel_cases.py and triton_kernel_encoder_cases.py compiled for
 #              the GPU, random sweeps included
 #   tests      the rest of tests/test_gpu.py (half-precision kernels, losses GPU vs CPU, AMP steps)
 #   attention  tools/bench/attention.py: Triton kernel vs PyTorch reference vs SDPA (without the P-step loop
@@ -55,7 +55,7 @@ for s in $steps; do
     kernels)
       # Cold, Triton compiles every case first: 44 cases took over 200 s on an H100, 34 s once cached.
       step kernels 420 env ASR_TEST_DEVICE=cuda $python -m pytest -q -p no:cacheprovider --durations=5 \
-        tests/triton_kernel_cases.py tests/triton_kernel_encoder_cases.py -m "slow or not slow"
+        tests/helpers/triton_kernel_cases.py tests/helpers/triton_kernel_encoder_cases.py -m "slow or not slow"
       ;;
     tests)
       step tests 120 $python -m pytest -q -p no:cacheprovider -rs tests/test_gpu.py -k "not compiled_on_gpu"
@@ -86,11 +86,11 @@ for s in $steps; do
       ;;
     decode)
       step decode-greedy 90 $python -m asr decode --device cuda --checkpoint "$data/model.pt" \
-        --cuts "$data/data/cuts_test.jsonl.gz" --results-dir /tmp/gpu-decode-greedy
+        --cuts "$data/data/cuts_test.jsonl.gz" --out-dir /tmp/gpu-decode-greedy
       ;;
     beam-lm)
       step decode-beam-lm 240 $python -m asr decode --device cuda --checkpoint "$data/model.pt" \
-        --cuts "$data/data/cuts_test.jsonl.gz" --results-dir /tmp/gpu-decode-beam \
+        --cuts "$data/data/cuts_test.jsonl.gz" --out-dir /tmp/gpu-decode-beam \
         --method modified_beam_search --beam 8 --lm "$data/lang/lm_4gram.arpa.gz"
       ;;
     encoders)

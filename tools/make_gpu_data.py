@@ -20,7 +20,7 @@ from pathlib import Path
 
 from lhotse import CutSet, LilcomChunkyWriter
 
-from asr.training import checkpoint as ckpt
+from asr import checkpoint as ckpt
 
 # What a checkpoint needs to be decoded (asr decode / load_model); the rest is for resuming training.
 DECODE_KEYS = ("format", "config", "build_config", "model", "tokenizer")

@@ -22,9 +22,10 @@ from pathlib import Path
 
 import torch
 
-from asr.decode import LmFusion, decode, load_checkpoint_for_decoding, utterances_from_cuts
-from asr.models.lm import NgramLM
-from asr.training import checkpoint as ckpt
+from asr.checkpoint import load_model
+from asr.inference.offline import LmFusion, decode, utterances_from_cuts
+from asr.lm import NgramLM
+from asr import checkpoint as ckpt
 from asr.wer import compute_wer
 
 
@@ -88,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         path = available[batch]
         epoch = ckpt.load(path)["state"]["epoch"]
         try:
-            model, tokenizer = load_checkpoint_for_decoding(path, average_batches=args.average_batches)
+            model = load_model(path, average_batches=args.average_batches)
+            tokenizer = model.tokenizer
         except ValueError as error:  # nothing earlier to average from
             print(f"{batch:>6} {epoch:>5}  left out: {error}", flush=True)
             continue

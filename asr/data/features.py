@@ -114,48 +114,7 @@ def compute_and_store_fbank(
     return with_feats
 
 
-def _default_storage_dir(out: Path) -> Path:
+def default_storage_dir(out: Path) -> Path:
+    """Where the features of the CutSet written to ``out`` go by default: beside it, named after it."""
     name = out.name.removesuffix(".gz").removesuffix(".jsonl")
     return out.parent / f"{name}_feats"
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="asr data fbank",
-        description="Compute 80-dim log-mel fbank for a CutSet and store it (lilcom chunks).",
-    )
-    parser.add_argument("--cuts", type=Path, required=True, help="input CutSet, e.g. data/manifests/x_cuts_train.jsonl.gz")
-    parser.add_argument("--out", type=Path, required=True, help="output CutSet with features attached (.jsonl.gz)")
-    parser.add_argument("--storage-dir", type=Path, default=None,
-                        help="where the feature files go (default: next to --out, named after it)")
-    parser.add_argument("--num-workers", type=int, default=1, help="parallel processes (default 1)")
-    parser.add_argument(
-        "--speed-perturb", nargs="?", const="copies", default="off", choices=SPEED_PERTURB_MODES,
-        help="'copies' (the default when given alone): add 0.9x and 1.1x copies, 3x the data; 'one-of': "
-        "each cut at one of 0.9x/1x/1.1x, the same cuts and hours (drawn with --seed)",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the 'one-of' speed draw")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-    if not args.cuts.is_file():
-        parser.error(f"--cuts {args.cuts}: no such file")
-    # Feature extraction is one small matrix product per frame; many threads per process only contend.
-    torch.set_num_threads(1)
-    cuts = CutSet.from_file(args.cuts)
-    if len(cuts) == 0:
-        parser.error(f"--cuts {args.cuts}: the CutSet is empty")
-    storage_dir = args.storage_dir if args.storage_dir is not None else _default_storage_dir(args.out)
-    storage_dir.mkdir(parents=True, exist_ok=True)
-    with_feats = compute_and_store_fbank(
-        cuts, storage_dir / "feats", num_workers=args.num_workers, speed_perturb=args.speed_perturb,
-        seed=args.seed,
-    )
-    if len(with_feats) == 0:
-        log.error("no cut of %s could be read; nothing written", args.cuts)
-        return 1
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with_feats.to_file(args.out)
-    hours = sum(c.duration for c in with_feats) / 3600
-    log.info("wrote %s: %d cuts, %.2f h of features in %s", args.out, len(with_feats), hours, storage_dir)
-    return 0

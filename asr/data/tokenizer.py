@@ -29,7 +29,7 @@ import sentencepiece as spm
 
 __all__ = [
     "BLANK", "SOS_EOS", "UNK", "Tokenizer", "BpeTokenizer", "CharTokenizer", "train_bpe",
-    "build_char_tokenizer", "load_tokenizer", "read_tokens", "write_tokens", "cut_texts", "main",
+    "build_char_tokenizer", "load_tokenizer", "read_tokens", "write_tokens", "cut_texts",
 ]
 
 BLANK, SOS_EOS, UNK = "<blk>", "<sos/eos>", "<unk>"
@@ -287,61 +287,3 @@ def cut_texts(cuts_path: str | Path) -> Iterator[str]:
         for supervision in cut.supervisions:
             if supervision.text:
                 yield supervision.text
-
-
-def _read_lines(path: Path) -> Iterator[str]:
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if line:
-                yield line
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="asr data tokenizer", description="Make a lang dir: BPE model or character table.")
-    kinds = parser.add_subparsers(dest="kind", required=True)
-    bpe = kinds.add_parser("bpe", help="train a sentencepiece model (LANG/bpe.model, tokens.txt, transcript_words.txt)")
-    chars = kinds.add_parser("chars", help="build a character table (LANG/tokens.txt), spaces dropped")
-    for sub in (bpe, chars):
-        source = sub.add_mutually_exclusive_group(required=True)
-        source.add_argument("--text", type=Path, help="transcripts, one sentence a line")
-        source.add_argument("--cuts", type=Path, help="a CutSet whose supervision texts are the transcripts")
-        sub.add_argument("--out-dir", type=Path, required=True, help="the lang dir to write")
-    bpe.add_argument("--vocab-size", type=int, required=True)
-    bpe.add_argument("--model-type", choices=["unigram", "bpe"], default="unigram",
-                     help="sentencepiece algorithm (default unigram, as icefall's lang_bpe dirs use)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-    source_path = args.text if args.text is not None else args.cuts
-    if not source_path.is_file():
-        parser.error(f"{'--text' if args.text is not None else '--cuts'} {source_path}: no such file")
-    texts = _read_lines(args.text) if args.text is not None else cut_texts(args.cuts)
-
-    if args.kind == "chars":
-        tokenizer = build_char_tokenizer(texts, args.out_dir)
-        log.info("wrote %s: %d tokens", args.out_dir / "tokens.txt", tokenizer.vocab_size)
-        return 0
-
-    if args.vocab_size <= len(SPECIAL_SYMBOLS):
-        parser.error(f"--vocab-size must be larger than {len(SPECIAL_SYMBOLS)}")
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    transcript = args.out_dir / "transcript_words.txt"
-    if args.text is not None and args.text.resolve() == transcript.resolve():
-        num_lines = sum(1 for _ in texts)  # training on the lang dir's own transcript: nothing to copy
-    else:
-        num_lines = 0
-        with open(transcript, "w", encoding="utf-8") as f:
-            for text in texts:
-                f.write(text + "\n")
-                num_lines += 1
-    if num_lines == 0:
-        log.error("%s holds no transcripts", source_path)
-        return 1
-    try:
-        tokenizer = train_bpe(transcript, args.out_dir, args.vocab_size, args.model_type)
-    except ValueError as error:
-        log.error("transcripts from %s: %s", source_path, error)
-        return 1
-    log.info("wrote %s and tokens.txt: %d tokens from %d sentences", args.out_dir / "bpe.model", tokenizer.vocab_size, num_lines)
-    return 0

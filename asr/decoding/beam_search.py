@@ -11,7 +11,7 @@ import torch
 from asr.decoding.greedy import TransducerModel, check_encoder_output, start_context
 from asr.decoding.hypothesis import Hypothesis
 from asr.decoding.lexicon import Lexicon
-from asr.models.lm import NgramLM
+from asr.lm import NgramLM
 
 
 @dataclass

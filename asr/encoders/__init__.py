@@ -1,9 +1,12 @@
-"""Speech encoders. ``build_encoder(name, causal=False, **overrides)`` builds one by preset name."""
+"""Speech encoders. ``build_encoder(name, causal=False, **overrides)`` builds one by preset name.
+
+Every encoder is an :class:`Encoder`; the families with a causal variant (Zipformer, Conformer,
+Transformer) are :class:`StreamingEncoder` s (see :mod:`asr.encoders.base` for the contract).
+"""
 
 from __future__ import annotations
 
-from torch import nn
-
+from asr.encoders.base import Encoder, StreamingEncoder
 from asr.encoders.conformer import PRESETS as CONFORMER_PRESETS
 from asr.encoders.conformer import ConformerEncoder, build_conformer
 from asr.encoders.efficient_conformer import PRESETS as EFFICIENT_CONFORMER_PRESETS
@@ -28,14 +31,15 @@ def encoder_names() -> list[str]:
     return sorted(_BUILDERS)
 
 
-def build_encoder(name: str, causal: bool = False, **overrides) -> nn.Module:
-    """An encoder mapping fbank ``(N, T, 80)`` and lengths ``(N,)`` to ``(N, T', C)`` and lengths, with an
-    ``output_dim`` attribute. ``overrides`` replace preset fields (e.g. ``num_encoder_layers=(1,) * 6``)
-    or set streaming options (``chunk_size``, ``left_context_frames``, ...)."""
+def build_encoder(name: str, causal: bool = False, **overrides) -> Encoder:
+    """An :class:`Encoder` mapping fbank ``(N, T, 80)`` and lengths ``(N,)`` to ``(N, T', output_dim)`` and
+    lengths. ``overrides`` replace preset fields (e.g. ``num_encoder_layers=(1,) * 6``) or set streaming
+    options (``chunk_size``, ``left_context_frames``, ...); ``causal=True`` needs a
+    :class:`StreamingEncoder` family."""
     if name not in _BUILDERS:
         raise ValueError(f"unknown encoder {name!r}; choose from {encoder_names()}")
     return _BUILDERS[name](causal=causal, **overrides)
 
 
-__all__ = ["ConformerEncoder", "EfficientConformerEncoder", "TransformerEncoder", "ZipformerEncoder",
-           "build_encoder", "encoder_names"]
+__all__ = ["ConformerEncoder", "EfficientConformerEncoder", "Encoder", "StreamingEncoder", "TransformerEncoder",
+           "ZipformerEncoder", "build_encoder", "encoder_names"]

@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor, nn
 
+from asr.encoders.base import StreamingEncoder
 from asr.nn.attention import RelPositionMultiheadAttention, set_attention_backend
 from asr.nn.conv import ConformerConvModule, Conv2dSubsampling4
 from asr.nn.masks import chunked_mask, padding_mask
@@ -170,8 +171,11 @@ class ConformerLayer(nn.Module):
         return self.norm(x), (att.keys[:, total - left:], att.values[:, total - left:], conv_cache)
 
 
-class ConformerEncoder(nn.Module):
+class ConformerEncoder(StreamingEncoder):
     """Conv2dSubsampling4 + Conformer layers: fbank ``(N, T, F)`` -> ``(N, ((T - 1) // 2 - 1) // 2, D)``.
+
+    Chunk sizes and left contexts count 25 Hz output frames (40 ms); one call of ``streaming_forward``
+    yields ``chunk_size`` frames.
 
     Args:
         config: architecture (see ``PRESETS``).
@@ -182,6 +186,9 @@ class ConformerEncoder(nn.Module):
         attention_backend: "torch" (PyTorch attention), "triton" (fused kernels where they apply) or
             "auto" (Triton on CUDA when available); see :mod:`asr.nn.fused_attention`.
     """
+
+    chunk_frame_ms = 40
+    context_attributes = ("chunk_size", "left_context_frames")
 
     def __init__(
         self,
@@ -231,6 +238,17 @@ class ConformerEncoder(nn.Module):
         if chunk <= 0:
             return -1, -1
         return chunk, (max(left // chunk, 1) if left >= 0 else -1)
+
+    def streaming_context(self) -> tuple[int, int]:
+        """``(chunk_size, left_context_frames)`` in 25 Hz frames; -1 = no chunk mask / unlimited."""
+        chunk_size = self.chunk_size if self.chunk_size > 0 else -1
+        return chunk_size, self.left_context_frames if self.left_context_frames >= 0 else -1
+
+    def _store_streaming(self, chunk_size: int, left_context_frames: int) -> None:
+        self.chunk_size, self.left_context_frames = chunk_size, left_context_frames
+
+    def _store_full_context(self) -> None:
+        self.chunk_size, self.left_context_frames = -1, -1
 
     def forward(self, x: Tensor, x_lens: Tensor) -> tuple[Tensor, Tensor]:
         """``x`` ``(N, T, F)``, ``x_lens`` ``(N,)``; returns ``(N, T', D)`` and ``(N,)``."""

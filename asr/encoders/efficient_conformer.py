@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 
 from torch import Tensor, nn
 
+from asr.encoders.base import Encoder
 from asr.encoders.conformer import ConformerLayer
 from asr.nn.attention import set_attention_backend
 from asr.nn.conv import Conv2dSubsampling2
@@ -57,9 +58,10 @@ PRESETS: dict[str, EfficientConformerConfig] = {
 }
 
 
-class EfficientConformerEncoder(nn.Module):
+class EfficientConformerEncoder(Encoder):
     """Fbank ``(N, T, F)`` -> ``(N, T', stage_dims[-1])`` with ``T'`` = ``T`` halved (rounding up) three
-    times, for ``len(stage_dims) - 1`` downsampling blocks after the x2 front end.
+    times, for ``len(stage_dims) - 1`` downsampling blocks after the x2 front end. Full context only: the
+    family has no causal variant, so it is an :class:`asr.encoders.base.Encoder`, not a streaming one.
 
     Args:
         config: architecture (see ``PRESETS``).

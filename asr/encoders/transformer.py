@@ -28,6 +28,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor, nn
 
+from asr.encoders.base import StreamingEncoder
 from asr.nn.attention import RelPositionMultiheadAttention, set_attention_backend
 from asr.nn.conv import Conv2dSubsampling4
 from asr.nn.masks import chunked_mask, limited_context_mask, padding_mask
@@ -88,8 +89,13 @@ class TransformerEncoderLayer(nn.Module):
         return x, att.keys, att.values
 
 
-class TransformerEncoder(nn.Module):
+class TransformerEncoder(StreamingEncoder):
     """Fbank ``(N, T, F)`` -> ``(N, ((T - 1) // 2 - 1) // 2, D)``.
+
+    Contexts count 25 Hz output frames (40 ms). In the contract's terms (:meth:`set_streaming`,
+    :meth:`streaming_context`) ``left_context_frames`` is ``left_context``, and a chunk size switches the
+    encoder to its chunked-mask mode (``chunk_size`` and ``stream_chunk_size`` both the chunk); the
+    limited-context mode (``chunk_size = 0``, right context ``R``) is set by its own attributes.
 
     Args:
         config: architecture (see ``PRESETS``).
@@ -103,6 +109,9 @@ class TransformerEncoder(nn.Module):
         attention_backend: "torch" (PyTorch attention), "triton" (fused kernels where they apply) or
             "auto" (Triton on CUDA when available); see :mod:`asr.nn.fused_attention`.
     """
+
+    chunk_frame_ms = 40
+    context_attributes = ("chunk_size", "stream_chunk_size", "left_context", "right_context")
 
     def __init__(
         self,
@@ -161,6 +170,20 @@ class TransformerEncoder(nn.Module):
         if left < 0 and right < 0:
             return None
         return limited_context_mask(num_frames, left, right, device)
+
+    def streaming_context(self) -> tuple[int, int]:
+        """``(chunk_size, left_context)`` in 25 Hz frames; chunk -1 in the limited-context mode (no chunk
+        mask; its right context is ``right_context``), left -1 = unlimited."""
+        chunk_size = self.chunk_size if self.chunk_size > 0 else -1
+        return chunk_size, self.left_context if self.left_context >= 0 else -1
+
+    def _store_streaming(self, chunk_size: int, left_context_frames: int) -> None:
+        # Chunked-mask mode: the right context is unused there (a chunk sees its own future frames).
+        self.chunk_size = self.stream_chunk_size = chunk_size
+        self.left_context = left_context_frames
+
+    def _store_full_context(self) -> None:
+        self.chunk_size, self.left_context, self.right_context = 0, -1, -1
 
     def forward(self, x: Tensor, x_lens: Tensor) -> tuple[Tensor, Tensor]:
         """``x`` ``(N, T, F)``, ``x_lens`` ``(N,)``; returns ``(N, T', D)`` and ``(N,)``."""

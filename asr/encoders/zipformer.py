@@ -22,14 +22,15 @@ whose eval value is 0, so it never runs, and it is left out here.)
 Streaming (``causal=True``): convolutions become chunk-causal and attention is limited to the current
 chunk plus ``left_context_frames``. In training the chunk size and left context are drawn per batch from
 ``train_chunk_sizes`` / ``train_left_context_frames``; in eval the attributes ``chunk_size`` and
-``left_context_frames`` are used (both in 50 Hz frames, after the conv subsampling, as in icefall).
+``left_context_frames`` are used (both in 50 Hz frames, after the conv subsampling, as in icefall), set
+through :meth:`ZipformerEncoder.set_streaming` (see :class:`asr.encoders.base.StreamingEncoder`).
 ``init_states`` / ``streaming_forward`` run one chunk at a time with cached keys, values, nonlin-attention
 inputs, conv left contexts and the front end's ConvNeXt frames; chunk by chunk they give the same output
 as the chunk-masked full forward.
 
 Parameter names equal icefall's ``egs/librispeech/ASR/zipformer`` model (``encoder_embed.*``,
-``encoder.*``), so converted icefall checkpoints load 1:1 (see ``tools/convert_icefall.py``), and in eval
-mode the outputs equal icefall's on unpadded input. On padded batches we fill each utterance's padding with
+``encoder.*``), so converted icefall checkpoints load 1:1 (``asr convert icefall``, :mod:`asr.models.icefall`),
+and in eval mode the outputs equal icefall's on unpadded input. On padded batches we fill each utterance's padding with
 its last valid frame before every downsampling (icefall mixes padding into the last downsampled frame), so
 a padded utterance gets exactly the output it gets alone.
 
@@ -45,6 +46,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor, nn
 
+from asr.encoders.base import StreamingEncoder
 from asr.nn.depthwise import DepthwiseConv1d
 from asr.nn.fused_attention import (
     BACKENDS,
@@ -996,8 +998,12 @@ class Zipformer2(nn.Module):
         return states
 
 
-class ZipformerEncoder(nn.Module):
+class ZipformerEncoder(StreamingEncoder):
     """Conv2dSubsampling + Zipformer stacks: fbank ``(N, T, F)`` -> ``(N, ((T - 7) // 2 + 1) // 2, output_dim)``.
+
+    Chunk sizes and left contexts count 50 Hz frames (20 ms, after the front end); a chunk must be a
+    multiple of every stack's downsampling factor, and one call of ``streaming_forward`` yields
+    ``chunk_size // 2`` output frames at 25 Hz.
 
     Args:
         config: architecture (see ``PRESETS``).
@@ -1008,6 +1014,9 @@ class ZipformerEncoder(nn.Module):
         attention_backend: "torch" (materialised weights), "triton" (fused kernels) or "auto" (Triton on
             CUDA when available); see :mod:`asr.nn.fused_attention`. Streaming always uses "torch".
     """
+
+    chunk_frame_ms = 20
+    context_attributes = ("chunk_size", "left_context_frames")
 
     def __init__(
         self,
@@ -1064,6 +1073,22 @@ class ZipformerEncoder(nn.Module):
             return -1, -1
         # -1 // chunk_size stays -1 (unlimited); otherwise at least one chunk of left context.
         return chunk_size, max(left_frames // chunk_size, 1) if left_frames >= 0 else -1
+
+    def streaming_context(self) -> tuple[int, int]:
+        """``(chunk_size, left_context_frames)`` in 50 Hz frames; -1 = no chunk mask / unlimited."""
+        chunk_size = self.chunk_size if self.chunk_size > 0 else -1
+        return chunk_size, self.left_context_frames if self.left_context_frames >= 0 else -1
+
+    def _check_context(self, chunk_size: int, left_context_frames: int) -> None:
+        # Raises ValueError for a chunk that some stack's downsampling does not divide, or a left context
+        # shorter than a convolution's reach.
+        self.encoder.attention_mask(1, chunk_size, left_context_frames // chunk_size)
+
+    def _store_streaming(self, chunk_size: int, left_context_frames: int) -> None:
+        self.chunk_size, self.left_context_frames = chunk_size, left_context_frames
+
+    def _store_full_context(self) -> None:
+        self.chunk_size, self.left_context_frames = -1, -1
 
     def forward(self, x: Tensor, x_lens: Tensor) -> tuple[Tensor, Tensor]:
         """``x`` ``(N, T, F)`` fbank, ``x_lens`` ``(N,)``; returns ``(N, T', output_dim)`` and ``(N,)``."""
@@ -1126,7 +1151,8 @@ class ZipformerEncoder(nn.Module):
         self._check_streaming()
         if x.shape[1] != self.streaming_feature_frames:
             raise ValueError(f"streaming chunk has {x.shape[1]} feature frames, expected "
-                             f"{self.streaming_feature_frames} (2 * chunk_size + {self.encoder_embed.streaming_lookahead})")
+                             f"{self.streaming_feature_frames} "
+                             f"(2 * chunk_size + {self.encoder_embed.streaming_lookahead})")
         expected = len(self.state_batch_dims())
         if len(states) != expected:
             raise ValueError(f"got {len(states)} state tensors, expected {expected}")

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 import asr.losses as asr_losses
+from asr.encoders.base import Encoder
 from asr.models.ctc import CtcHead
 from asr.models.label_encoder import LabelEncoder
 from asr.models.transducer import Decoder, Joiner, scaled_linear
@@ -22,47 +23,12 @@ def _full_precision(x: torch.Tensor) -> torch.Tensor:
 
 
 class AsrLosses(NamedTuple):
-    """Losses of one batch, each summed over utterances (``reduction="sum"``, as icefall); a head
-    the model lacks gives ``None``. ``total`` is :func:`combine_losses` of the others."""
+    """Raw losses of one batch, each summed over utterances (``reduction="sum"``, as icefall); a head
+    the model lacks gives ``None``. Training weights them with :func:`asr.training.losses.combine_losses`."""
 
     simple: torch.Tensor | None
     pruned: torch.Tensor | None
     ctc: torch.Tensor | None
-    total: torch.Tensor
-
-
-def combine_losses(
-    simple: torch.Tensor | None,
-    pruned: torch.Tensor | None,
-    ctc: torch.Tensor | None,
-    batch_idx_train: int | None = None,
-    warm_step: int = 2000,
-    simple_loss_scale: float = 0.5,
-    ctc_loss_scale: float = 0.2,
-) -> torch.Tensor:
-    """Weighted training loss, icefall's ``compute_loss`` schedule.
-
-    During warm-up (``batch_idx_train < warm_step``) the simple-loss weight falls linearly from 1 to
-    ``simple_loss_scale`` and the pruned-loss weight rises linearly from 0.1 to 1; afterwards they stay
-    at ``simple_loss_scale`` and 1. The CTC loss is weighted by ``ctc_loss_scale`` throughout.
-    ``batch_idx_train=None`` means warm-up is over.
-    """
-    if simple is None and ctc is None:
-        raise ValueError("combine_losses needs the transducer losses, the CTC loss, or both")
-    if (simple is None) != (pruned is None):
-        raise ValueError("the simple and pruned transducer losses come together")
-    total = 0.0
-    if simple is not None:
-        if batch_idx_train is None or batch_idx_train >= warm_step:
-            simple_weight, pruned_weight = simple_loss_scale, 1.0
-        else:
-            progress = batch_idx_train / warm_step
-            simple_weight = 1.0 - progress * (1.0 - simple_loss_scale)
-            pruned_weight = 0.1 + 0.9 * progress
-        total = simple_weight * simple + pruned_weight * pruned
-    if ctc is not None:
-        total = total + ctc_loss_scale * ctc
-    return total
 
 
 def pad_tokens(tokens: Sequence[Sequence[int]], vocab_size: int, blank_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,8 +52,8 @@ class AsrModel(nn.Module):
     """An encoder with a pruned-RNN-T transducer head and/or a CTC head.
 
     Args:
-        encoder: module with ``forward(x, x_lens) -> (y, y_lens)`` on ``(N, T, F) -> (N, T', C)`` and an
-            ``output_dim`` attribute equal to ``C``.
+        encoder: an :class:`asr.encoders.Encoder`: ``forward(x, x_lens) -> (y, y_lens)`` on
+            ``(N, T, F) -> (N, T', C)``, ``output_lengths`` and ``output_dim`` equal to ``C``.
         vocab_size: output symbols including blank (id ``blank_id``).
         heads: any non-empty subset of ``("transducer", "ctc")``.
         decoder_dim: stateless decoder dimension.
@@ -101,7 +67,7 @@ class AsrModel(nn.Module):
 
     def __init__(
         self,
-        encoder: nn.Module,
+        encoder: Encoder,
         vocab_size: int,
         heads: Sequence[str] = HEADS,
         decoder_dim: int = 512,
@@ -116,6 +82,8 @@ class AsrModel(nn.Module):
         unknown = [h for h in heads if h not in HEADS]
         if unknown or not heads:
             raise ValueError(f"heads must be a non-empty subset of {HEADS}, got {heads}")
+        if not isinstance(encoder, Encoder):
+            raise TypeError(f"encoder must be an asr.encoders.Encoder, got {type(encoder).__name__}")
         encoder_dim = int(encoder.output_dim)
         self.encoder = encoder
         self.encoder_dim = encoder_dim
@@ -154,12 +122,8 @@ class AsrModel(nn.Module):
         return enc_out, enc_lens
 
     def encoder_output_lengths(self, x_lens: torch.Tensor) -> torch.Tensor:
-        """Encoder output lengths for input lengths ``(N,)``, without running the encoder (needs the
-        encoder to expose ``output_lengths``)."""
-        output_lengths = getattr(self.encoder, "output_lengths", None)
-        if output_lengths is None:
-            raise AttributeError(f"{type(self.encoder).__name__} has no output_lengths(x_lens)")
-        return output_lengths(x_lens)
+        """Encoder output lengths ``(N,)`` for input lengths ``(N,)``, without running the encoder."""
+        return self.encoder.output_lengths(x_lens)
 
     def ctc_log_probs(self, enc_out: torch.Tensor) -> torch.Tensor:
         """``(N, T, C)`` encoder output -> ``(N, T, vocab_size)`` CTC log-probabilities."""
@@ -239,18 +203,13 @@ class AsrModel(nn.Module):
         prune_range: int = 5,
         am_scale: float = 0.0,
         lm_scale: float = 0.25,
-        batch_idx_train: int | None = None,
-        warm_step: int = 2000,
-        simple_loss_scale: float = 0.5,
-        ctc_loss_scale: float = 0.2,
     ) -> AsrLosses:
-        """Training losses of a batch.
+        """The raw losses of a batch (0-dim sums over the utterances), unweighted.
 
         Args:
             x: features ``(N, T, F)``; x_lens: ``(N,)``.
             tokens: the label ids of each utterance (no blanks).
             prune_range, am_scale, lm_scale: pruned RNN-T settings (icefall's defaults).
-            batch_idx_train, warm_step, simple_loss_scale, ctc_loss_scale: weighting, see :func:`combine_losses`.
         """
         if len(tokens) != x.size(0):
             raise ValueError(f"{x.size(0)} utterances of features but {len(tokens)} token sequences")
@@ -264,7 +223,4 @@ class AsrModel(nn.Module):
             )
         if self.has_ctc:
             ctc = self.forward_ctc(enc_out, enc_lens, targets, target_lens)
-        total = combine_losses(
-            simple, pruned, ctc, batch_idx_train, warm_step, simple_loss_scale, ctc_loss_scale
-        )
-        return AsrLosses(simple, pruned, ctc, total)
+        return AsrLosses(simple, pruned, ctc)

@@ -1,29 +1,18 @@
-"""Build models by encoder name, and the model checkpoint format.
+"""Build models by encoder name; :func:`model_from_config` rebuilds one from the config a checkpoint stores.
 
-A model checkpoint is a ``torch.save`` dict::
-
-    {"format": "asr-model", "version": 1,
-     "config": {"encoder_name": ..., "vocab_size": ..., "heads": [...], "causal": ..., "model_kwargs": {...},
-                "encoder_kwargs": {...}},
-     "state_dict": {...}, "extra": {...}}
-
-``config`` holds the arguments of :func:`build_model`, so :func:`load_model` needs only the path.
+``model.build_config`` holds the arguments of :func:`build_model` (``encoder_name``, ``vocab_size``,
+``heads``, ``causal``, ``model_kwargs``, ``encoder_kwargs``); :mod:`asr.checkpoint` saves it beside the
+weights, so a checkpoint needs only its path to be loaded.
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
 import asr.encoders as asr_encoders
-from asr.io import save_atomic
 from asr.models.asr_model import HEADS, AsrModel
-
-CHECKPOINT_FORMAT = "asr-model"
-CHECKPOINT_VERSION = 1
 
 # Head sizes per encoder preset. icefall's recipes use decoder 512 / joiner 512 for every Zipformer
 # size; zipformer-xs is ours (CPU recipes) and gets smaller heads to match its smaller encoder.
@@ -81,34 +70,6 @@ def build_model(
     return model
 
 
-def save_model(path: str | os.PathLike, model: AsrModel, extra: dict[str, Any] | None = None) -> None:
-    """Write ``model`` (built by :func:`build_model`) and ``extra`` (plain data: numbers, strings, lists,
-    dicts, tensors) to ``path`` atomically: a temporary file in the same directory, then ``os.replace``."""
-    if getattr(model, "build_config", None) is None:
-        raise ValueError("save_model needs a model made by build_model (it stores the build config)")
-    checkpoint = {
-        "format": CHECKPOINT_FORMAT,
-        "version": CHECKPOINT_VERSION,
-        "config": model.build_config,
-        "state_dict": model.state_dict(),
-        "extra": extra or {},
-    }
-    save_atomic(checkpoint, path)
-
-
-def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """The raw checkpoint dict written by :func:`save_model`, checked for format and version."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no model checkpoint at {path}")
-    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not an asr model checkpoint (no format={CHECKPOINT_FORMAT!r})")
-    if checkpoint.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(f"{path}: checkpoint version {checkpoint.get('version')} is not supported")
-    return checkpoint
-
-
 def model_from_config(config: dict[str, Any], state_dict: dict[str, Any] | None = None) -> AsrModel:
     """A freshly initialised model from a checkpoint's ``config`` (what :func:`build_model` stored).
 
@@ -131,12 +92,3 @@ def model_from_config(config: dict[str, Any], state_dict: dict[str, Any] | None 
         encoder_kwargs=encoder_kwargs,
         **config["model_kwargs"],
     )
-
-
-def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> AsrModel:
-    """Rebuild the model saved by :func:`save_model` and load its weights; returned in eval mode.
-    The checkpoint's ``extra`` dict is available from :func:`read_checkpoint`."""
-    checkpoint = read_checkpoint(path, map_location)
-    model = model_from_config(checkpoint["config"], checkpoint["state_dict"])
-    model.load_state_dict(checkpoint["state_dict"])
-    return model.to(map_location).eval()

@@ -10,29 +10,27 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
+
+from asr.encoders.base import StreamingEncoder
 
 # Feature value used to pad past the end of an utterance: log of a tiny energy, as fbank of silence.
 LOG_EPS = math.log(1e-10)
 
 
-def is_streaming_encoder(encoder: nn.Module) -> bool:
-    """Whether ``encoder`` was built causal (``causal=True``) and has the streaming interface."""
-    return getattr(encoder, "causal", False) and all(
-        hasattr(encoder, name)
-        for name in ("init_states", "streaming_forward", "streaming_feature_frames", "streaming_feature_shift")
-    )
+def is_streaming_encoder(encoder: torch.nn.Module) -> bool:
+    """Whether ``encoder`` can stream: a :class:`StreamingEncoder` built causal (``causal=True``)."""
+    return isinstance(encoder, StreamingEncoder) and encoder.causal
 
 
 @torch.no_grad()
 def simulate_streaming(
-    encoder: nn.Module, features: torch.Tensor, feature_lens: torch.Tensor
+    encoder: StreamingEncoder, features: torch.Tensor, feature_lens: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Encode a padded batch chunk by chunk through ``encoder.streaming_forward``.
+    """Encode a padded batch chunk by chunk through ``encoder.streaming_forward``, with the chunk and left
+    context the encoder is set to (:meth:`StreamingEncoder.set_streaming`).
 
     Args:
-        encoder: a streaming encoder (``init_states``, ``streaming_forward``, ``streaming_feature_frames``:
-            feature frames one call consumes, ``streaming_feature_shift``: frames the window advances).
+        encoder: a causal :class:`StreamingEncoder`.
         features: ``(N, T, F)``; feature_lens: ``(N,)``.
     Returns:
         ``(N, T', C)`` encoder output and valid lengths ``(N,)``, as the full forward returns them.

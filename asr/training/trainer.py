@@ -2,7 +2,8 @@
 
 ``train(config)`` builds the tokenizer, model, ScaledAdam + Eden and the data loaders, resumes from the
 newest checkpoint in ``exp_dir`` if there is one, and trains. Under ``torchrun`` it runs data-parallel
-(gloo on CPU, nccl on GPU); everything rank-specific lives in :mod:`asr.training.distributed`.
+(gloo on CPU, nccl on GPU); everything rank-specific lives in :mod:`asr.training.distributed`, the data
+in :mod:`asr.data.training_data`, and the weighting of the model's raw losses in :mod:`asr.training.losses`.
 
 What a checkpoint holds (``exp_dir/checkpoint-<batch>.pt`` every ``save_every_n`` batches and
 ``exp_dir/epoch-<n>.pt`` after each epoch): the model, its running average, the optimizer, the
@@ -16,23 +17,25 @@ import logging
 import math
 import random
 import time
+from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from asr import checkpoint as ckpt
+from asr.data.datamodule import DataConfig
 from asr.data.tokenizer import Tokenizer, load_tokenizer
+from asr.data.training_data import TrainingData
+from asr.device import resolve_device
 from asr.models import AsrModel, build_model
 from asr.optim import Eden, ScaledAdam
-from asr.training import checkpoint as ckpt
 from asr.training import distributed as dist_utils
-
-if TYPE_CHECKING:
-    from lhotse import CutSet
+from asr.training.losses import combine_losses
 
 log = logging.getLogger("asr.train")
 
@@ -54,9 +57,12 @@ class TrainConfig:
     lr_batches: float = 7500.0
     lr_epochs: float = 3.5
     warmup_batches: float = 500.0
-    # icefall counts batches as if each held ref_duration seconds in total, so schedules do not
-    # depend on the batch size or the number of processes.
+    # icefall counts batches as if each held ref_duration seconds in total, so the model's regularisation
+    # schedules do not depend on the batch size or the number of processes (see adjusted_batch_count).
     ref_duration: float = 600.0
+    # The model's regularisation schedules advance this many times faster than icefall's batch count:
+    # short runs need them to settle within their length.
+    schedule_speedup: float = 1.0
     prune_range: int = 5
     lm_scale: float = 0.25
     am_scale: float = 0.0
@@ -79,7 +85,7 @@ class TrainConfig:
     encoder_kwargs: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -88,6 +94,12 @@ class TrainConfig:
         if "heads" in values:
             values["heads"] = tuple(values["heads"])
         return cls(**values)
+
+    def adjusted_batch_count(self, batch_idx_train: int, world_size: int = 1) -> float:
+        """The batch count the model's schedules follow (ScheduledFloat users: dropout, layer skipping,
+        balancers): icefall's ``batch_idx_train * max_duration * world_size / ref_duration``, times
+        ``schedule_speedup``."""
+        return batch_idx_train * (self.max_duration * world_size * self.schedule_speedup) / self.ref_duration
 
 
 @dataclass
@@ -144,12 +156,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def resolve_device(name: str, local_rank: int) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    return torch.device(name)
 
 
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
@@ -214,7 +220,8 @@ class Trainer:
 
     def checkpoint_dict(self, rng_states: list[dict[str, Any]]) -> dict[str, Any]:
         return {
-            "format": "asr-train",
+            "format": ckpt.TRAIN_FORMAT,
+            "version": ckpt.VERSION,
             "config": asdict(self.config),
             "build_config": self.model.build_config,
             "model": self.model.state_dict(),
@@ -224,12 +231,8 @@ class Trainer:
             "grad_scaler": self.scaler.state_dict(),
             "state": asdict(self.state),
             "rng": rng_states,  # one per rank: ranks draw different augmentation and dropout
-            "tokenizer": self.tokenizer_files(),
+            "tokenizer": ckpt.tokenizer_files(self.config.lang_dir),
         }
-
-    def tokenizer_files(self) -> dict[str, bytes]:
-        lang_dir = Path(self.config.lang_dir)
-        return {p.name: p.read_bytes() for p in sorted(lang_dir.iterdir()) if p.name in ("bpe.model", "tokens.txt")}
 
     def save(self, name: str) -> None:
         rng_states = dist_utils.gather_objects(rng_state(), self.world)
@@ -266,9 +269,6 @@ class Trainer:
 
     # ---- one step ----------------------------------------------------------------------------------
 
-    def adjusted_batch_count(self) -> float:
-        return self.state.batch_idx_train * (self.config.max_duration * self.world.size) / self.config.ref_duration
-
     def compute_loss(self, batch: dict[str, Any], training: bool) -> tuple[torch.Tensor, dict[str, float]]:
         features = batch["features"].to(self.device)
         feature_lens = batch["feature_lens"].to(self.device)
@@ -277,33 +277,28 @@ class Trainer:
             if self.amp_dtype is not None
             else nullcontext()
         )
-        model = self.ddp_model if training else self.model
+        config, model = self.config, self.ddp_model if training else self.model
         with autocast:
             losses = model(
-                features,
-                feature_lens,
-                batch["tokens"],
-                prune_range=self.config.prune_range,
-                am_scale=self.config.am_scale,
-                lm_scale=self.config.lm_scale,
-                batch_idx_train=self.state.batch_idx_train,
-                warm_step=self.config.warm_step,
-                simple_loss_scale=self.config.simple_loss_scale,
-                ctc_loss_scale=self.config.ctc_loss_scale,
+                features, feature_lens, batch["tokens"],
+                prune_range=config.prune_range, am_scale=config.am_scale, lm_scale=config.lm_scale,
+            )
+            loss = combine_losses(
+                *losses, batch_idx_train=self.state.batch_idx_train, warm_step=config.warm_step,
+                simple_loss_scale=config.simple_loss_scale, ctc_loss_scale=config.ctc_loss_scale,
             )
         # Per-frame values for logging, like icefall (frames after subsampling).
         frames = float(sum(self.model.encoder_output_lengths(feature_lens).tolist()))
-        stats = {"frames": frames, "utterances": float(features.size(0)), "loss": losses.total.item()}
-        for name in ("simple", "pruned", "ctc"):
-            value = getattr(losses, name)
+        stats = {"frames": frames, "utterances": float(features.size(0)), "loss": loss.item()}
+        for name, value in losses._asdict().items():
             if value is not None:
                 stats[f"{name}_loss"] = value.item()
-        return losses.total, stats
+        return loss, stats
 
     def train_step(self, batch: dict[str, Any]) -> dict[str, float] | None:
         """Forward, backward and update; returns stats, or None if the batch was skipped as non-finite."""
         self.model.train()
-        set_batch_count(self.scheduled, self.adjusted_batch_count())
+        set_batch_count(self.scheduled, self.config.adjusted_batch_count(self.state.batch_idx_train, self.world.size))
         loss, stats = self.compute_loss(batch, training=True)
         # All ranks skip together: a rank that went on to backward() would wait forever (or fail) in the
         # gradient all-reduce that the skipping rank never joins.
@@ -421,9 +416,10 @@ class Trainer:
                     utt_s=f"{window['utterances'] * self.world.size / max(elapsed, 1e-9):.1f}",
                 )
                 if self.writer is not None:
-                    self.writer.add_scalar("train/loss", loss, self.state.batch_idx_train)
-                    self.writer.add_scalar("train/lr", lr, self.state.batch_idx_train)
-                    self.writer.add_scalar("train/skipped_batches", self.state.skipped_batches, self.state.batch_idx_train)
+                    step = self.state.batch_idx_train
+                    self.writer.add_scalar("train/loss", loss, step)
+                    self.writer.add_scalar("train/lr", lr, step)
+                    self.writer.add_scalar("train/skipped_batches", self.state.skipped_batches, step)
                 window = {"loss": 0.0, "frames": 0.0, "utterances": 0.0, "time": time.monotonic()}
             if self.state.batch_idx_train % config.save_every_n == 0:
                 self.save(f"checkpoint-{self.state.batch_idx_train}.pt")
@@ -442,87 +438,20 @@ def train(config: TrainConfig) -> TrainState:
     return Trainer(config).fit()
 
 
-class TrainingDataError(ValueError):
-    """A cuts file leaves nothing to train or validate on; the message names the file and says why."""
+def make_data(config: TrainConfig, tokenizer: Tokenizer, world: dist_utils.World, model: AsrModel) -> TrainingData:
+    """The run's :class:`TrainingData`: ``world``'s share of the batches, cuts filtered for ``model``."""
 
-
-def load_usable_cuts(path: str, role: str, tokenizer: Tokenizer, output_frames: Callable[[int], int]) -> CutSet:
-    """The cuts of ``path`` that training can use (:func:`asr.data.datamodule.filter_cuts`);
-    ``output_frames`` maps fbank frames to encoder output frames, ``role`` names the set in errors.
-
-    Raises :class:`TrainingDataError` when none is left, with the number dropped for each reason,
-    rather than letting an epoch of zero batches pass for a finished run.
-    """
-    from lhotse import load_manifest
-
-    from asr.data.datamodule import CutFilter, filter_cuts
-
-    cuts = load_manifest(path)
-    kept = filter_cuts(cuts, tokenizer, output_frames)
-    if next(iter(kept), None) is not None:
-        return kept
-    if next(iter(cuts), None) is None:
-        raise TrainingDataError(f"the {role} cuts file {path} holds no cuts")
-    # Only on this error path: count the reasons again, since filter_cuts only logs them.
-    counts = CutFilter(tokenizer, output_frames).count(cuts)
-    min_frames = next((t for t in range(1, 100_000) if output_frames(t) >= 1), None)
-    shortest = f" (under {min_frames} fbank frames, {min_frames / 100:.2f} s)" if min_frames else ""
-    raise TrainingDataError(
-        f"no usable {role} cuts in {path}: {counts.summary()}. A cut is too short when the encoder's "
-        f"subsampling leaves it no output frame{shortest}; has too many tokens when its transcript has more "
-        f"tokens than the encoder has output frames for it; has unknown symbols when its transcript holds "
-        f"symbols missing from {tokenizer.source}"
-    )
-
-
-class TrainingData:
-    """The train and valid loaders of a run, with the batch order of each epoch fixed by the seed.
-
-    Resuming mid-epoch rebuilds the epoch's sampler and fast-forwards it past the batches already
-    trained on (the sampler only reads manifests, so this is cheap), which is exact whatever the
-    number of loader workers.
-    """
-
-    def __init__(self, config: TrainConfig, tokenizer, world: dist_utils.World, output_frames):
-        from lhotse import load_manifest
-
-        from asr.data.datamodule import AsrDataModule, DataConfig
-
-        data_config = DataConfig(
-            max_duration=config.max_duration,
-            num_workers=config.num_workers,
-            spec_augment=config.spec_augment,
-            on_the_fly_features=None if config.on_the_fly_feats else False,
-            seed=config.seed,
-        )
-        noise_cuts = load_manifest(config.noise_cuts) if config.noise_cuts else None
-        self.seed = config.seed
-        self.module = AsrDataModule(data_config, tokenizer, noise_cuts, world_size=world.size, rank=world.rank)
-        self.train_cuts = load_usable_cuts(config.train_cuts, "training", tokenizer, output_frames)
-        self.valid_cuts = (
-            load_usable_cuts(config.valid_cuts, "validation", tokenizer, output_frames) if config.valid_cuts else None
-        )
-
-    def train_batches(self, epoch: int, skip: int = 0):
-        loader = self.module.train_dataloader(self.train_cuts)
-        # The loader's own generator, not the global RNG, seeds its iterator, so that the global RNG
-        # sequence seen by training does not depend on when the iterator was created.
-        loader.generator = torch.Generator().manual_seed(self.seed * 1000 + epoch)
-        loader.sampler.set_epoch(epoch)
-        if skip:
-            batches = iter(loader.sampler)
-            for _ in range(skip):
-                next(batches, None)
-            loader.sampler.load_state_dict(loader.sampler.state_dict())
-        return loader
-
-    @property
-    def valid(self):
-        return None if self.valid_cuts is None else self.module.valid_dataloader(self.valid_cuts)
-
-
-def make_data(config: TrainConfig, tokenizer, world: dist_utils.World, model: AsrModel) -> TrainingData:
     def output_frames(num_frames: int) -> int:
         return int(model.encoder_output_lengths(torch.tensor([num_frames]))[0])
 
-    return TrainingData(config, tokenizer, world, output_frames)
+    data_config = DataConfig(
+        max_duration=config.max_duration,
+        num_workers=config.num_workers,
+        spec_augment=config.spec_augment,
+        on_the_fly_features=None if config.on_the_fly_feats else False,
+        seed=config.seed,
+    )
+    return TrainingData(
+        data_config, tokenizer, config.train_cuts, config.valid_cuts, output_frames,
+        noise_cuts=config.noise_cuts, world_size=world.size, rank=world.rank,
+    )

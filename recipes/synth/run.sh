@@ -69,16 +69,10 @@ usage="usage: $0 [--stage N] [--stop-stage M] [options]
   --average-batches N    decode the model averaged over about the last N training batches (0: the last
                          model; $average_batches)"
 
-. "$repo/recipes/parse_options.sh"
-
-log() {
-  echo "$(date '+%Y-%m-%d %H:%M:%S') (synth/run.sh:${BASH_LINENO[0]}) $*"
-}
-
-if ! command -v asr >/dev/null; then
-  echo "$0: the 'asr' command is not on PATH (activate the virtual environment: . .venv/bin/activate)" >&2
-  exit 1
-fi
+. "$repo/recipes/common/stages.sh"
+. "$repo/recipes/common/parse_options.sh"
+need_int stage stop_stage
+need_asr
 
 fbank_dir=$data_dir/fbank
 lang_dir=$data_dir/lang_bpe_$vocab_size
@@ -91,12 +85,12 @@ if [ "$lm_order" != 0 ]; then
   [ "$lm_min_count" = 2 ] || lm=$lang_dir/lm_${lm_order}gram_min${lm_min_count}.arpa.gz
 fi
 
-if [ "$stage" -le 0 ] && [ "$stop_stage" -ge 0 ]; then
+if stage_selected 0; then
   log "Stage 0: TTS corpus of $num_utts utterances -> $data_dir"
-  asr data synth --out "$data_dir" --num-utts "$num_utts" --seed "$seed" --num-workers "$nj"
+  asr data synth --out-dir "$data_dir" --num-utts "$num_utts" --seed "$seed" --num-workers "$nj"
 fi
 
-if [ "$stage" -le 1 ] && [ "$stop_stage" -ge 1 ]; then
+if stage_selected 1; then
   mkdir -p "$fbank_dir"
   for split in train dev test; do
     perturb=off
@@ -119,7 +113,7 @@ if [ "$stage" -le 1 ] && [ "$stop_stage" -ge 1 ]; then
   done
 fi
 
-if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
+if stage_selected 2; then
   if [ -f "$lang_dir/bpe.model" ] && [ "$lang_dir/bpe.model" -nt "$data_dir/synth_cuts_train.jsonl.gz" ]; then
     log "Stage 2: $lang_dir done before, skipping"
   else
@@ -142,7 +136,7 @@ if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
   fi
 fi
 
-if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
+if stage_selected 3; then
   log "Stage 3: train $encoder (causal=$causal) for up to $train_minutes minutes -> $exp_dir"
   limit=()
   if [ "$train_minutes" != 0 ]; then
@@ -162,7 +156,7 @@ if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
     "${limit[@]}" "${schedule[@]}"
 fi
 
-if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
+if stage_selected 4; then
   streaming=()
   suffix=$method
   fusion=()
@@ -177,8 +171,7 @@ if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
   lexicon=()
   if [ "$oov_penalty" != 0 ]; then
     if [ "$method" != modified_beam_search ]; then
-      echo "$0: --oov-penalty needs --method modified_beam_search (got $method)" >&2
-      exit 1
+      die "--oov-penalty needs --method modified_beam_search (got $method)"
     fi
     lexicon=(--oov-penalty "$oov_penalty")
     for words in "$lang_dir/transcript_words.txt" "$data_dir/lm_text.txt.gz" "$word_list"; do
@@ -195,7 +188,7 @@ if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
     log "Stage 4: decode $split with $method ${fusion[*]} ${lexicon[*]} ${streaming[*]} ${averaging[*]}"
     wer=$(asr decode --checkpoint "$exp_dir" --cuts "$fbank_dir/synth_cuts_$split.jsonl.gz" --method "$method" \
       --beam "$beam" "${fusion[@]}" "${lexicon[@]}" "${streaming[@]}" "${averaging[@]}" \
-      --results-dir "$exp_dir/decode-$suffix/$split" | tail -n 1)
+      --out-dir "$exp_dir/decode-$suffix/$split" | tail -n 1)
     log "Stage 4: $split: $wer"
   done
 fi

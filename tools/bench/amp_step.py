@@ -87,6 +87,7 @@ def run_variant(name: str, args: argparse.Namespace, profile_path: Path | None =
 
     from asr.models import build_model
     from asr.optim import ScaledAdam
+    from asr.training.losses import combine_losses
     from asr.training.trainer import scheduled_modules, set_batch_count
 
     dtype_name, options = parse_variant(name)
@@ -116,7 +117,7 @@ def run_variant(name: str, args: argparse.Namespace, profile_path: Path | None =
             torch.autocast(device_type=device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
         )
         with autocast:
-            loss = model(x, x_lens, tokens, batch_idx_train=10_000, warm_step=500).total
+            loss = combine_losses(*model(x, x_lens, tokens), batch_idx_train=10_000, warm_step=500)
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
         scaler.step(optimizer)

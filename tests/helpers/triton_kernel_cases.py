@@ -13,17 +13,18 @@ import os
 
 import pytest
 import torch
-from asr_kernels.reference import (
-    rel_pos_attention_reference,
-    rel_pos_attention_weights_reference,
-)
-from test_kernels import DATA
-from test_kernels import _inputs as _cpu_inputs
 
 from asr.nn.fused_attention import (
     rel_pos_attention,
     resolve_backend,
 )
+from asr_kernels.reference import (
+    rel_pos_attention_reference,
+    rel_pos_attention_weights_reference,
+)
+
+from helpers import DATA
+from helpers.kernels import rel_pos_inputs
 
 DEVICE = torch.device(os.environ.get("ASR_TEST_DEVICE", "cpu"))
 if DEVICE.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
@@ -31,10 +32,11 @@ if DEVICE.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
 
 
 def _inputs(*args, **kwargs) -> dict:
-    """``test_kernels._inputs`` (drawn on CPU, so both devices see the same numbers) moved to ``DEVICE``."""
+    """``helpers.kernels.rel_pos_inputs`` (drawn on CPU, so both devices see the same numbers) moved to
+    ``DEVICE``."""
     return {
         name: None if t is None else t.detach().to(DEVICE).requires_grad_(t.requires_grad)
-        for name, t in _cpu_inputs(*args, **kwargs).items()
+        for name, t in rel_pos_inputs(*args, **kwargs).items()
     }
 
 
@@ -226,7 +228,8 @@ def test_kernel_rejects_bad_inputs():
     with pytest.raises(ValueError, match="chunk mask needs T_k >= T_q"):
         kernels.rel_pos_attention(x["q"], x["k"][:, :, :5], x["v"][:, :, :5], chunk_size=4)
     with pytest.raises(ValueError, match="key_bias is a mask"):
-        kernels.rel_pos_attention(x["q"], x["k"], x["v"], key_bias=torch.zeros(2, 10, device=DEVICE, requires_grad=True))
+        key_bias = torch.zeros(2, 10, device=DEVICE, requires_grad=True)
+        kernels.rel_pos_attention(x["q"], x["k"], x["v"], key_bias=key_bias)
     with pytest.raises(ValueError, match="share a dtype"):
         kernels.rel_pos_attention(x["q"], x["k"], x["v"].double())
     with pytest.raises(ValueError, match="block_m must be a power of two"):
@@ -238,9 +241,8 @@ def test_kernel_zipformer_encoder_same_with_both_backends(causal, monkeypatch):
     """The tiny Zipformer of tests/data (eval, padded batch, chunked attention when causal): outputs and
     input gradients on valid frames agree between the "torch" and "triton" attention backends, and the
     "triton" run really goes through the kernels (2 attention calls and 1 weights call per layer)."""
-    from asr_kernels import rel_pos_attention as kernels
-
     from asr.encoders.zipformer import build_zipformer
+    from asr_kernels import rel_pos_attention as kernels
 
     calls = []
 

@@ -26,7 +26,6 @@ Queries for decoding take a state, the tuple of the last ``order - 1`` ids (star
 
 from __future__ import annotations
 
-import gzip
 import itertools
 import logging
 import math
@@ -36,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from asr.textio import open_text
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +48,6 @@ BOS, EOS = "<s>", "</s>"
 UNK = "<unk>"  # id 2: a word LM's out-of-vocabulary word
 LN10 = math.log(10.0)
 ARPA_LOG10_ZERO = -99.0  # what ARPA files write for log10(0) (the unigram <s>)
-
-
-def _open_text(path: str | Path, mode: str):
-    if str(path).endswith(".gz"):
-        return gzip.open(path, mode + "t", encoding="utf-8", compresslevel=6)
-    return open(path, mode, encoding="utf-8")
 
 
 # ------------------------------------------------------------------------------------- counting
@@ -370,7 +365,7 @@ class NgramLM:
     def save_arpa(self, path: str | Path) -> None:
         """Write the model as an ARPA file (gzip'ed when ``path`` ends in ``.gz``): log10
         probabilities and backoff weights, tokens as their symbol strings."""
-        with _open_text(path, "w") as f:
+        with open_text(path, "w") as f:
             f.write("\n\\data\\\n")
             for n, count in enumerate(self.num_ngrams, start=1):
                 f.write(f"ngram {n}={count}\n")
@@ -414,7 +409,7 @@ class NgramLM:
             raise FileNotFoundError(f"{path}: no such ARPA file")
         symbols = ["<blk>", "<sos/eos>", UNK]
         in_unigrams = False
-        with _open_text(path, "r") as f:
+        with open_text(path, "r") as f:
             for line in f:
                 line = line.strip()
                 if line.startswith("\\"):
@@ -443,7 +438,7 @@ class NgramLM:
         entries: list[tuple[list[int], list[int], list[float]]] = []  # per order: contexts, words, ln p
         backoffs: list[tuple[list[int], list[float]]] = []  # per order: n-gram code, ln bow
         n = 0
-        with _open_text(path, "r") as f:
+        with open_text(path, "r") as f:
             for line_no, line in enumerate(f, start=1):
                 line = line.strip()
                 if not line:

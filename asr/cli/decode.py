@@ -1,0 +1,199 @@
+"""``asr decode``: recognise audio files or a CutSet with a trained model.
+
+Audio files of any sample rate (wav, flac, ogg, mp3 where libsndfile reads it) are resampled to 16 kHz; a
+file that cannot be read is reported by name and the others are still decoded (exit status 1). With
+``--cuts`` the references are scored: ``OUT/hyps.txt``, ``OUT/refs.txt``, ``OUT/errs.txt`` and a final
+``WER ...`` line, or ``CER ...`` when scoring characters: the default for a model with a character table
+(Mandarin transcripts have no spaces to split words at), forced either way by ``--chars`` / ``--no-chars``.
+Where the cuts name speakers, ``OUT/utt2spk`` and ``OUT/wer_by_speaker.txt`` (each speaker's error rate and
+share of the errors, worst first) are written too. ``--chunk-size`` runs a causal model chunk by chunk
+through its streaming forward. Modified beam search takes a token n-gram LM (``--lm``, shallow fusion) and
+a word list (``--lexicon``: a penalty per hypothesis word not in it, see :mod:`asr.decoding.lexicon`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from asr.cli.common import make_parser, parse
+from asr.inference.offline import (
+    DEFAULT_OOV_PENALTY,
+    DEFAULT_WORD_BONUS,
+    DEFAULT_WORD_LM_SCALE,
+    METHODS,
+)
+
+log = logging.getLogger("asr.decode")
+
+
+def build_parser():
+    parser = make_parser("decode", __doc__.split("\n\n")[0].split(": ", 1)[1])
+    parser.add_argument("--checkpoint", required=True,
+                        help="training or model checkpoint, or an experiment dir (its newest checkpoint)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--cuts", help="a CutSet (jsonl.gz) with reference texts")
+    source.add_argument("audio", nargs="*", default=[], help="audio files")
+    parser.add_argument("--method", choices=METHODS, default="greedy")
+    parser.add_argument("--beam", type=int, default=4)
+    parser.add_argument("--chunk-size", type=int, default=None,
+                        help="decode a causal model chunk by chunk; chunk in the encoder's frames: 50 Hz for the "
+                             "Zipformer (32 = 640 ms), 25 Hz for the Conformer and Transformer")
+    parser.add_argument("--left-context-frames", type=int, default=None,
+                        help="with --chunk-size: the left context, in the same frames (default: the model's)")
+    parser.add_argument("--lang-dir", default=None, help="tokenizer dir (default: the one in the checkpoint)")
+    parser.add_argument("--out-dir", default=None,
+                        help="with --cuts: where hyps.txt, refs.txt and errs.txt go "
+                             "(default: decode-METHOD beside the checkpoint)")
+    parser.add_argument("--chars", action=argparse.BooleanOptionalAction, default=None,
+                        help="with --cuts: score characters (CER) or words (WER); "
+                             "default: characters when the model's tokenizer is a character table")
+    parser.add_argument("--average-from", default=None,
+                        help="an earlier checkpoint of the same run: decode the model averaged since then")
+    parser.add_argument("--average-batches", type=int, default=None,
+                        help="decode the model averaged over about the last N batches of the run: averages "
+                             "from the checkpoint in the same directory nearest to N batches back")
+    parser.add_argument("--lm", default=None,
+                        help="an ARPA n-gram LM over the model's tokens (asr lm train) for shallow fusion; "
+                             "modified_beam_search only")
+    parser.add_argument("--lm-scale", type=float, default=0.5,
+                        help="weight of the LM log-probability (default: best on the synth dev set)")
+    parser.add_argument("--lm-final", action=argparse.BooleanOptionalAction, default=True,
+                        help="add the LM's end-of-sentence probability before picking the best hypothesis")
+    parser.add_argument("--lm-bonus", type=float, default=1.5,
+                        help="with --lm: reward per emitted token, against the deletions LM fusion causes "
+                             "(default: best on the synth dev set)")
+    parser.add_argument("--lexicon", action="append", default=None, metavar="FILE",
+                        help="a word list or text (.gz read as gzip; case matched to the tokens; repeat for "
+                             "more): modified beam search subtracts --oov-penalty per hypothesis word not in them")
+    parser.add_argument("--oov-penalty", type=float, default=DEFAULT_OOV_PENALTY,
+                        help="with --lexicon: score penalty per unknown word (default: best on the synth dev set; retune elsewhere)")
+    parser.add_argument("--word-lm", default=None,
+                        help="an ARPA n-gram LM over words (asr lm train --words), fused at word ends; needs --lexicon")
+    parser.add_argument("--word-lm-scale", type=float, default=DEFAULT_WORD_LM_SCALE,
+                        help="weight of the word LM's log-probability (default: tried on the synth dev set)")
+    parser.add_argument("--word-bonus", type=float, default=DEFAULT_WORD_BONUS,
+                        help="with --word-lm: reward per word, against the deletions the word LM causes "
+                             "(default: tried on the synth dev set)")
+    parser.add_argument("--max-frames", type=int, default=30000, help="fbank frames (10 ms) per padded batch")
+    parser.add_argument("--num-threads", type=int, default=None, help="CPU threads (default: torch's)")
+    parser.add_argument("--device", default="cpu",
+                        help="cpu, cuda, cuda:N, or auto (the GPU when there is one)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parse(parser, argv)
+    if args.lm is not None and args.method != "modified_beam_search":
+        parser.error(f"--lm needs --method modified_beam_search (got {args.method})")
+    if args.lm_scale < 0:
+        parser.error(f"--lm-scale must be >= 0, got {args.lm_scale}")
+    if args.lexicon is not None and args.method != "modified_beam_search":
+        parser.error(f"--lexicon needs --method modified_beam_search (got {args.method})")
+    if args.oov_penalty < 0:
+        parser.error(f"--oov-penalty must be >= 0, got {args.oov_penalty}")
+    if args.word_lm is not None and args.lexicon is None:
+        parser.error("--word-lm needs --lexicon (it tells where words end; --oov-penalty 0 for no penalty)")
+    if args.word_lm_scale < 0:
+        parser.error(f"--word-lm-scale must be >= 0, got {args.word_lm_scale}")
+    import torch
+
+    from asr.checkpoint import load_model
+    from asr.decoding.lexicon import Lexicon
+    from asr.device import resolve_device
+    from asr.inference.offline import LmFusion, WordScoring, decode, utterances_from_cuts, utterances_from_files
+    from asr.lm import NgramLM
+
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+    if not args.cuts and not args.audio:
+        raise SystemExit("asr decode: give audio files or --cuts")
+    try:
+        device = resolve_device(args.device, 0)
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as error:
+        parser.error(f"--device {args.device}: {error}")
+    if args.average_from is not None and args.average_batches is not None:
+        parser.error("give --average-from or --average-batches, not both")
+    try:
+        model = load_model(args.checkpoint, device, args.lang_dir, args.average_from, args.average_batches)
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"asr decode: {error}") from None
+    tokenizer = model.tokenizer
+    if tokenizer is None:
+        raise SystemExit(f"asr decode: {args.checkpoint} holds no tokenizer; pass --lang-dir")
+    if args.chunk_size is not None:
+        # Checked once here, before any audio is read, rather than on the first batch.
+        from asr.streaming import is_streaming_encoder
+
+        if not is_streaming_encoder(model.encoder):
+            parser.error(f"--chunk-size needs a causal (streaming) model; {args.checkpoint} is not one")
+        try:
+            with model.encoder.streaming(args.chunk_size, args.left_context_frames):
+                pass
+        except ValueError as error:
+            parser.error(f"--chunk-size {args.chunk_size}: {error}")
+    fusion = None
+    if args.lm is not None:
+        symbols = [tokenizer.id_to_token(i) for i in range(tokenizer.vocab_size)]
+        try:
+            fusion = LmFusion(NgramLM.load_arpa(args.lm, symbols), args.lm_scale, args.lm_final, args.lm_bonus)
+        except (OSError, ValueError) as error:
+            parser.error(f"--lm {args.lm}: {error}")
+    words = None
+    if args.lexicon is not None:
+        pieces = [tokenizer.id_to_token(i) for i in range(tokenizer.vocab_size)]
+        try:
+            words = WordScoring(Lexicon.from_files(args.lexicon, pieces), args.oov_penalty)
+        except (OSError, ValueError) as error:
+            parser.error(f"--lexicon: {error}")
+        log.info("lexicon: %d words, penalty %g per unknown word", len(words.lexicon), args.oov_penalty)
+    if args.word_lm is not None:
+        try:
+            words.word_lm = NgramLM.load_arpa_words(args.word_lm)
+        except (OSError, ValueError) as error:
+            parser.error(f"--word-lm {args.word_lm}: {error}")
+        words.word_lm_scale = args.word_lm_scale
+        words.word_bonus = args.word_bonus
+    errors: list[str] = []
+    utterances = utterances_from_cuts(args.cuts, errors) if args.cuts else utterances_from_files(args.audio, errors)
+    result = decode(
+        model, tokenizer, utterances, args.method, args.beam, args.chunk_size, args.left_context_frames,
+        args.max_frames, errors, on_result=lambda uid, text: print(f"{uid}\t{text}", flush=True), fusion=fusion,
+        words=words,
+    )
+    print(
+        f"decoded {len(result.hypotheses)} utterances, {result.audio_seconds:.1f} s of audio, "
+        f"real-time factor {result.real_time_factor:.3f}",
+        file=sys.stderr,
+    )
+    if args.cuts:
+        from asr.inference.offline import scoring_unit
+        from asr.wer import compute_wer, format_group_table, wer_by_group, write_error_stats
+
+        checkpoint_dir = Path(args.checkpoint) if Path(args.checkpoint).is_dir() else Path(args.checkpoint).parent
+        results_dir = Path(args.out_dir or checkpoint_dir / f"decode-{args.method}")
+        results_dir.mkdir(parents=True, exist_ok=True)
+        for name, texts in (("hyps.txt", result.hypotheses), ("refs.txt", result.references)):
+            with open(results_dir / name, "w", encoding="utf-8") as f:
+                f.writelines(f"{uid}\t{text}\n" for uid, text in texts.items())
+        wer = compute_wer(result.references, result.hypotheses, unit=scoring_unit(tokenizer, args.chars))
+        write_error_stats(results_dir / "errs.txt", wer)
+        if result.speakers:
+            # Kaldi's utt2spk beside the texts, so `asr wer --utt2spk` can rescore; the table shows
+            # which voices the errors come from.
+            with open(results_dir / "utt2spk", "w", encoding="utf-8") as f:
+                f.writelines(f"{uid} {speaker}\n" for uid, speaker in result.speakers.items())
+            table = format_group_table(wer_by_group(wer, result.speakers))
+            (results_dir / "wer_by_speaker.txt").write_text(table + "\n", encoding="utf-8")
+            log.info("error rate per speaker in %s", results_dir / "wer_by_speaker.txt")
+        print(wer.summary_line())
+    if errors:
+        print(f"{len(errors)} input(s) could not be decoded:", file=sys.stderr)
+        for message in errors:
+            print(f"  {message}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,133 @@
+"""``asr train``: train a model from a preset plus command-line overrides.
+
+Every field of :class:`asr.training.trainer.TrainConfig` is an option (``max_duration`` is
+``--max-duration``); see :data:`DESCRIPTION`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import typing
+from typing import Any
+
+from asr.cli.common import make_parser, parse
+from asr.training.presets import PRESETS
+from asr.training.trainer import TrainConfig
+
+REQUIRED = ("exp_dir", "train_cuts", "lang_dir")
+
+DESCRIPTION = """Train a model (ScaledAdam + Eden, pruned RNN-T and/or CTC).
+
+A --preset gives starting values; the options given override them, and the defaults shown apply to
+what neither sets. --print-config prints the resolved config as JSON and exits. A run resumes from
+the newest checkpoint in --exp-dir. Under `torchrun --nproc_per_node N -m asr train ...` it trains
+data-parallel (gloo on CPU, nccl on GPU)."""
+
+# What an option means where its name does not say it; every option also shows its default.
+HELP = {
+    "exp_dir": "where checkpoints and tensorboard go; a run resumes from the newest checkpoint there",
+    "train_cuts": "training CutSet (jsonl.gz)",
+    "lang_dir": "tokenizer dir (bpe.model or tokens.txt)",
+    "valid_cuts": "validation CutSet, scored after each epoch",
+    "max_duration": "seconds of audio per batch, per process",
+    "ref_duration": "icefall's batch-count normalisation: the model's schedules count batches as if each held "
+                    "this many seconds of audio",
+    "schedule_speedup": "the model's regularisation schedules advance this many times faster than icefall's "
+                        "batch count",
+    "warm_step": "batches of the warm-up of the loss weights",
+    "amp": "auto (bf16 where the GPU has it, else fp16; off on CPU), bf16, fp16 or off",
+    "max_minutes": "stop, after a checkpoint, when this much wall-clock time is spent",
+    "device": "auto (the process's GPU when there is one, else the CPU), cpu, cuda, cuda:N",
+    "model_kwargs": "JSON object of AsrModel options (decoder_dim, joiner_dim, ...)",
+    "encoder_kwargs": "JSON object of encoder config overrides",
+    "noise_cuts": "CutSet of noise to mix into training cuts",
+    "on_the_fly_feats": "compute fbank from audio for cuts without stored features (--no-on-the-fly-feats: "
+                        "every cut must have them)",
+    "encoder": "encoder preset (zipformer-xs, conformer-small, ...)",
+    "causal": "train a streaming model (random chunk size and left context per batch)",
+    "lr_batches": "Eden's batch constant",
+    "lr_epochs": "Eden's epoch constant",
+    "warmup_batches": "batches of the linear learning-rate warm-up",
+    "prune_range": "width of the pruned RNN-T band",
+    "lm_scale": "smoothing of the simple RNN-T loss by the label-only part",
+    "am_scale": "smoothing of the simple RNN-T loss by the audio-only part",
+    "simple_loss_scale": "weight of the simple RNN-T loss after warm-up",
+    "ctc_loss_scale": "weight of the CTC loss",
+    "save_every_n": "batches between checkpoints",
+    "keep_last_k": "batch checkpoints kept",
+    "average_period": "batches between updates of the running model average",
+    "log_interval": "batches between progress and tensorboard updates",
+    "num_workers": "data-loader worker processes",
+}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = make_parser("train", DESCRIPTION)
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="starting values for the options below")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    # Every option defaults to None, meaning "not given": the preset's value, else the config's default,
+    # which the help shows instead.
+    types = typing.get_type_hints(TrainConfig)
+    options = parser.add_argument_group("training options")
+    for f in dataclasses.fields(TrainConfig):
+        default = None if f.default is dataclasses.MISSING else f.default
+        shown = " ".join(default) if isinstance(default, tuple) else default
+        text = HELP.get(f.name, "")
+        if f.name in REQUIRED:
+            text += " (required)"
+        elif default is not None:
+            text += f" (default: {shown})"
+        text = text.strip().replace("%", "%%")
+        if f.name in ("model_kwargs", "encoder_kwargs"):
+            options.add_argument(_flag(f.name), type=json.loads, default=None, help=HELP[f.name])
+        elif f.name == "heads":
+            options.add_argument("--heads", nargs="+", choices=("transducer", "ctc"), default=None, help=text)
+        elif types[f.name] is bool:
+            options.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, default=None, help=text)
+        else:
+            kind = next((t for t in (int, float) if types[f.name] in (t, t | None)), str)
+            options.add_argument(_flag(f.name), type=kind, default=None, help=text)
+    return parser
+
+
+def resolve_config(args: argparse.Namespace, require_paths: bool = True) -> TrainConfig:
+    """The preset overridden by the options given. Without ``require_paths`` (``--print-config``) the
+    required paths may be missing and are left None."""
+    values: dict[str, Any] = dict(PRESETS.get(args.preset, {}))
+    for f in dataclasses.fields(TrainConfig):
+        given = getattr(args, f.name)
+        if given is not None:
+            values[f.name] = given
+    missing = [name for name in REQUIRED if name not in values]
+    if missing and require_paths:
+        raise SystemExit(f"asr train: missing required options: {' '.join(map(_flag, missing))}")
+    return TrainConfig.from_dict({**dict.fromkeys(missing), **values})
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(build_parser(), argv)
+    config = resolve_config(args, require_paths=not args.print_config)
+    if args.print_config:
+        print(json.dumps(dataclasses.asdict(config), indent=2))
+        return 0
+    from asr.data.training_data import TrainingDataError
+    from asr.training.trainer import train
+
+    try:
+        state = train(config)
+    except TrainingDataError as e:
+        print(f"asr train: {e}", file=sys.stderr)
+        return 1
+    if state.epoch <= config.num_epochs:  # the time budget ran out first
+        print(f"stopped in epoch {state.epoch} (time budget), {state.batch_idx_train} batches, "
+              f"{state.skipped_batches} skipped")
+    else:
+        print(f"finished: epoch {state.epoch - 1}, {state.batch_idx_train} batches, {state.skipped_batches} skipped")
+    return 0
