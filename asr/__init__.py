@@ -1,8 +1,8 @@
 """asr: a speech-recognition toolkit.
 
-    import asr
-    model = asr.load_model("exp/synth")          # a checkpoint, a model file, or an experiment dir
-    print(asr.transcribe(model, "speech.wav"))
+import asr
+model = asr.load_model("exp/synth")          # a checkpoint, a model file, or an experiment dir
+print(asr.transcribe(model, "speech.wav"))
 """
 
 __version__ = "0.1.0"

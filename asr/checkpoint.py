@@ -32,9 +32,23 @@ VERSION = 1
 TOKENIZER_FILES = ("bpe.model", "tokens.txt")
 
 __all__ = [
-    "MODEL_FORMAT", "TRAIN_FORMAT", "average_checkpoints", "average_state_dicts", "averaged_state_dict",
-    "batch_checkpoints", "checkpoint_batch", "checkpoint_near_batch", "epoch_checkpoints", "load", "load_model",
-    "newest_checkpoint", "read_checkpoint", "remove_old_batch_checkpoints", "resolve", "save_atomic", "save_model",
+    "MODEL_FORMAT",
+    "TRAIN_FORMAT",
+    "average_checkpoints",
+    "average_state_dicts",
+    "averaged_state_dict",
+    "batch_checkpoints",
+    "checkpoint_batch",
+    "checkpoint_near_batch",
+    "epoch_checkpoints",
+    "load",
+    "load_model",
+    "newest_checkpoint",
+    "read_checkpoint",
+    "remove_old_batch_checkpoints",
+    "resolve",
+    "save_atomic",
+    "save_model",
     "tokenizer_files",
 ]
 
@@ -199,11 +213,22 @@ def average_start(path: Path, end_batch: int, average_batches: int) -> Path | No
         raise ValueError(f"--average-batches must be positive, got {average_batches}")
     start = checkpoint_near_batch(path.parent, end_batch - average_batches, before=end_batch)
     if start is None:
-        log.warning("--average-batches %d: %s has no checkpoint of the run written before batch %d to average "
-                    "from; decoding the model of %s alone", average_batches, path.parent, end_batch, path.name)
+        log.warning(
+            "--average-batches %d: %s has no checkpoint of the run written before batch %d to average "
+            "from; decoding the model of %s alone",
+            average_batches,
+            path.parent,
+            end_batch,
+            path.name,
+        )
         return None
-    log.info("decoding the model averaged over batches %d-%d (from %s to %s)", checkpoint_batch(start) + 1,
-             end_batch, start.name, path.name)
+    log.info(
+        "decoding the model averaged over batches %d-%d (from %s to %s)",
+        checkpoint_batch(start) + 1,
+        end_batch,
+        start.name,
+        path.name,
+    )
     return start
 
 

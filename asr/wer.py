@@ -14,8 +14,6 @@ error rate of each speaker is listed too, worst first, with its share of all err
 
 from __future__ import annotations
 
-import argparse
-import sys
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field

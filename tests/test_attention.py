@@ -79,8 +79,7 @@ def test_relaxed_attention_rows_padding_and_eval():
 
     relaxed.eval()
     plain.eval()
-    assert torch.equal(relaxed(x, mask, pad, need_weights=True).weights,
-                       plain(x, mask, pad, need_weights=True).weights)
+    assert torch.equal(relaxed(x, mask, pad, need_weights=True).weights, plain(x, mask, pad, need_weights=True).weights)
 
 
 def test_relax_function_keeps_empty_rows_empty():

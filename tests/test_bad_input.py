@@ -34,10 +34,14 @@ def speech_cuts(paths: list[Path], texts: list[str]) -> CutSet:
         SupervisionSegment(id=r.id, recording_id=r.id, start=0.0, duration=r.duration, text=text)
         for r, text in zip(recordings, texts)
     ]
-    return CutSet.from_manifests(
-        recordings=RecordingSet.from_recordings(recordings),
-        supervisions=SupervisionSet.from_segments(supervisions),
-    ).trim_to_supervisions().to_eager()
+    return (
+        CutSet.from_manifests(
+            recordings=RecordingSet.from_recordings(recordings),
+            supervisions=SupervisionSet.from_segments(supervisions),
+        )
+        .trim_to_supervisions()
+        .to_eager()
+    )
 
 
 # ---------------------------------------------------------------------------------------- load_audio
@@ -206,7 +210,9 @@ def test_dataloader_skips_the_corrupt_cut(tmp_path, caplog, num_workers):
 def test_batch_of_only_bad_cuts_is_not_yielded(tmp_path):
     cuts = corpus_with_one_corrupt(tmp_path, num_good=2)
     broken_only = cuts.filter(lambda c: c.id == "broken").to_eager()
-    loader = AsrDataModule(DataConfig(num_workers=0, drop_last=False), world_size=1, rank=0).valid_dataloader(broken_only)
+    loader = AsrDataModule(DataConfig(num_workers=0, drop_last=False), world_size=1, rank=0).valid_dataloader(
+        broken_only
+    )
     assert list(loader) == []
     assert loader.num_skipped == 1
 
@@ -215,10 +221,14 @@ def test_missing_feature_file_is_a_counted_skip(tmp_path, caplog):
     cuts = corpus_with_one_corrupt(tmp_path, num_good=3).filter(lambda c: c.id != "broken").to_eager()
     with_feats = features_module.compute_and_store_fbank(cuts, tmp_path / "feats" / "a")
     # A second storage file that then disappears: its cut cannot be loaded.
-    lost = features_module.compute_and_store_fbank(cuts.subset(first=1).modify_ids(lambda i: i + "_lost"), tmp_path / "feats" / "b")
+    lost = features_module.compute_and_store_fbank(
+        cuts.subset(first=1).modify_ids(lambda i: i + "_lost"), tmp_path / "feats" / "b"
+    )
     (tmp_path / "feats" / "b.lca").unlink()
     caplog.set_level(logging.WARNING, logger="asr.data.datamodule")
-    loader = AsrDataModule(DataConfig(num_workers=0, drop_last=False), world_size=1, rank=0).valid_dataloader(with_feats + lost)
+    loader = AsrDataModule(DataConfig(num_workers=0, drop_last=False), world_size=1, rank=0).valid_dataloader(
+        with_feats + lost
+    )
     seen = sorted(cut_id for batch in loader for cut_id in batch["cut_ids"])
     assert seen == sorted(cuts.ids)
     assert loader.num_skipped == 1
@@ -229,7 +239,9 @@ def test_fbank_cli_skips_unreadable_audio(tmp_path, caplog):
     cuts = corpus_with_one_corrupt(tmp_path, num_good=2)
     cuts.to_file(tmp_path / "cuts.jsonl.gz")
     caplog.set_level(logging.WARNING)
-    code = cli.main(["data", "fbank", "--cuts", str(tmp_path / "cuts.jsonl.gz"), "--out", str(tmp_path / "out.jsonl.gz")])
+    code = cli.main(
+        ["data", "fbank", "--cuts", str(tmp_path / "cuts.jsonl.gz"), "--out", str(tmp_path / "out.jsonl.gz")]
+    )
     assert code == 0
     written = CutSet.from_file(tmp_path / "out.jsonl.gz")
     assert sorted(written.ids) == ["good0", "good1"]

@@ -114,9 +114,9 @@ def _char_model_and_cuts(tmp_path):
     import torch
     from lhotse import CutSet, Recording, SupervisionSegment
 
+    from asr.checkpoint import save_model
     from asr.data.tokenizer import build_char_tokenizer
     from asr.models import build_model
-    from asr.checkpoint import save_model
 
     texts = {"u1": "今天 天气 很好", "u2": "我们 去 公园", "u3": "你好"}
     build_char_tokenizer(texts.values(), tmp_path / "lang_char")
@@ -146,8 +146,16 @@ def test_decode_scores_characters_for_a_character_table_model(tmp_path, capsys):
     line = re.compile(r"^(CER|WER) (\d+\.\d\d)% \[(\d+) / (\d+), (\d+) ins, (\d+) del, (\d+) sub\]$")
 
     def run(results: str, *options: str) -> tuple[re.Match, dict[str, str]]:
-        argv = ["decode", "--checkpoint", str(checkpoint), "--cuts", str(cuts), "--out-dir",
-                str(tmp_path / results), *options]
+        argv = [
+            "decode",
+            "--checkpoint",
+            str(checkpoint),
+            "--cuts",
+            str(cuts),
+            "--out-dir",
+            str(tmp_path / results),
+            *options,
+        ]
         assert cli.main(argv) == 0
         summary = line.match(capsys.readouterr().out.splitlines()[-1])
         assert summary is not None
@@ -161,8 +169,11 @@ def test_decode_scores_characters_for_a_character_table_model(tmp_path, capsys):
     def expected(hyps: dict[str, str], split) -> tuple[int, ...]:
         """(errors, reference units, ins, del, sub) from kaldialign directly."""
         stats = [kaldialign.edit_distance(split(refs[k]), split(hyps[k])) for k in refs]
-        return (sum(s["total"] for s in stats), sum(len(split(t)) for t in refs.values()),
-                *(sum(s[kind] for s in stats) for kind in ("ins", "del", "sub")))
+        return (
+            sum(s["total"] for s in stats),
+            sum(len(split(t)) for t in refs.values()),
+            *(sum(s[kind] for s in stats) for kind in ("ins", "del", "sub")),
+        )
 
     def chars(text: str) -> list[str]:
         return [c for c in text if not c.isspace()]

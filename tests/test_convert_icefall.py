@@ -66,8 +66,10 @@ def _assert_one_line_error(code: int, err: str) -> str:
 def test_converted_file_loads_and_reproduces_icefall_encoder(tmp_path, fixture_io, lang_dir, capsys):
     source = _write_input(tmp_path / "icefall.pt", icefall_state())
     out = tmp_path / "model.pt"
-    code, stdout, _ = _convert([str(source), "--out", str(out), "--encoder", "zipformer-small", *set_options(),
-                                "--lang-dir", str(lang_dir)], capsys)
+    code, stdout, _ = _convert(
+        [str(source), "--out", str(out), "--encoder", "zipformer-small", *set_options(), "--lang-dir", str(lang_dir)],
+        capsys,
+    )
     assert code == 0
     assert stdout.count("\n") == 1 and "heads transducer+ctc" in stdout and "vocab 10" in stdout
     model = asr.load_model(out)
@@ -82,9 +84,20 @@ def test_converted_file_loads_and_reproduces_icefall_encoder(tmp_path, fixture_i
 def test_converted_causal_file_reproduces_icefall_chunked_encoder(tmp_path, fixture_io, capsys):
     source = _write_input(tmp_path / "icefall.pt", icefall_state("zipformer_icefall_tiny_causal.pt"))
     out = tmp_path / "model.pt"
-    code, stdout, _ = _convert([str(source), "--out", str(out), "--encoder", "zipformer-small", "--causal",
-                                *set_options(), f"--set=chunk_size={fixture_io['chunk_size']}",
-                                f"--set=left_context_frames={fixture_io['left_context_frames']}"], capsys)
+    code, stdout, _ = _convert(
+        [
+            str(source),
+            "--out",
+            str(out),
+            "--encoder",
+            "zipformer-small",
+            "--causal",
+            *set_options(),
+            f"--set=chunk_size={fixture_io['chunk_size']}",
+            f"--set=left_context_frames={fixture_io['left_context_frames']}",
+        ],
+        capsys,
+    )
     assert code == 0 and "no tokenizer stored" in stdout and "asr decode --lang-dir" in stdout
     model = asr.load_model(out)
     assert model.tokenizer is None and model.encoder.causal
@@ -100,15 +113,20 @@ def test_file_holds_the_input_tensors_and_head_sizes(tmp_path, lang_dir, capsys)
     # DDP's prefix, as a checkpoint saved from a DistributedDataParallel model has it.
     source = _write_input(tmp_path / "icefall.pt", {f"module.{k}": v for k, v in state.items()})
     out = tmp_path / "model.pt"
-    code, _, _ = _convert([str(source), "--out", str(out), "--encoder", "zipformer-small", *set_options(),
-                           "--lang-dir", str(lang_dir)], capsys)
+    code, _, _ = _convert(
+        [str(source), "--out", str(out), "--encoder", "zipformer-small", *set_options(), "--lang-dir", str(lang_dir)],
+        capsys,
+    )
     assert code == 0
     checkpoint = read_checkpoint(out)
     config = checkpoint["config"]
     assert config["encoder_name"] == "zipformer-small" and config["causal"] is False
     assert config["heads"] == ["transducer", "ctc"] and config["vocab_size"] == FIXTURE_VOCAB
     assert {k: config["model_kwargs"][k] for k in ("decoder_dim", "joiner_dim", "context_size")} == {
-        "decoder_dim": 16, "joiner_dim": 12, "context_size": 3}
+        "decoder_dim": 16,
+        "joiner_dim": 12,
+        "context_size": 3,
+    }
     assert config["encoder_kwargs"] == fixture_config()
     assert checkpoint["extra"] == {"converted_from": str(source), "tokenizer": tokenizer_files(lang_dir)}
     stored = checkpoint["state_dict"]
@@ -122,8 +140,13 @@ def test_file_holds_the_input_tensors_and_head_sizes(tmp_path, lang_dir, capsys)
 @pytest.mark.parametrize("context_size", [1, 2])
 def test_head_config_reads_sizes_from_tensors(context_size):
     state = icefall_state(decoder_dim=20, joiner_dim=24, context_size=context_size)
-    assert head_config(state) == {"heads": ["transducer", "ctc"], "vocab_size": 10, "decoder_dim": 20,
-                                  "joiner_dim": 24, "context_size": context_size}
+    assert head_config(state) == {
+        "heads": ["transducer", "ctc"],
+        "vocab_size": 10,
+        "decoder_dim": 20,
+        "joiner_dim": 24,
+        "context_size": context_size,
+    }
     ctc_only = {k: v for k, v in state.items() if not k.startswith(("decoder.", "joiner.", "simple_"))}
     assert head_config(ctc_only) == {"heads": ["ctc"], "vocab_size": 10}
     model = convert_icefall(ctc_only, "zipformer-small", overrides=fixture_config())
@@ -210,8 +233,11 @@ def test_missing_head_tensor(tmp_path, capsys):
     state = icefall_state()
     del state["joiner.decoder_proj.weight"]
     source = _write_input(tmp_path / "icefall.pt", state)
-    line = _assert_one_line_error(*_convert([str(source), "--out", str(tmp_path / "o.pt"), "--encoder",
-                                             "zipformer-small", *set_options()], capsys)[::2])
+    line = _assert_one_line_error(
+        *_convert(
+            [str(source), "--out", str(tmp_path / "o.pt"), "--encoder", "zipformer-small", *set_options()], capsys
+        )[::2]
+    )
     assert "missing: joiner.decoder_proj.weight" in line
     assert not (tmp_path / "o.pt").exists()
 
@@ -220,28 +246,38 @@ def test_head_shape_mismatch(tmp_path, capsys):
     state = icefall_state()
     state["ctc_output.1.weight"] = torch.randn(11, 48)  # a vocabulary other than the decoder's
     source = _write_input(tmp_path / "icefall.pt", state)
-    line = _assert_one_line_error(*_convert([str(source), "--out", str(tmp_path / "o.pt"), "--encoder",
-                                             "zipformer-small", *set_options()], capsys)[::2])
+    line = _assert_one_line_error(
+        *_convert(
+            [str(source), "--out", str(tmp_path / "o.pt"), "--encoder", "zipformer-small", *set_options()], capsys
+        )[::2]
+    )
     assert "shape mismatch: ctc_output.1.weight (11, 48) vs ours (10, 48)" in line
 
 
-@pytest.mark.parametrize("encoder, expected", [
-    ("zipformer-medium", "entries do not fit zipformer-medium"),  # the right family, other sizes
-    ("conformer-small", "entries do not fit conformer-small"),
-    ("no-such-encoder", "unknown encoder 'no-such-encoder'"),
-])
+@pytest.mark.parametrize(
+    "encoder, expected",
+    [
+        ("zipformer-medium", "entries do not fit zipformer-medium"),  # the right family, other sizes
+        ("conformer-small", "entries do not fit conformer-small"),
+        ("no-such-encoder", "unknown encoder 'no-such-encoder'"),
+    ],
+)
 def test_wrong_encoder(tmp_path, encoder, expected, capsys):
     source = _write_input(tmp_path / "icefall.pt", icefall_state())
-    line = _assert_one_line_error(*_convert([str(source), "--out", str(tmp_path / "o.pt"), "--encoder", encoder],
-                                            capsys)[::2])
+    line = _assert_one_line_error(
+        *_convert([str(source), "--out", str(tmp_path / "o.pt"), "--encoder", encoder], capsys)[::2]
+    )
     assert expected in line
     assert not (tmp_path / "o.pt").exists()
 
 
-@pytest.mark.parametrize("name, causal, hint", [
-    ("zipformer_icefall_tiny_causal.pt", False, "(a causal model: add --causal)"),
-    ("zipformer_icefall_tiny.pt", True, "(not a causal model: drop --causal)"),
-])
+@pytest.mark.parametrize(
+    "name, causal, hint",
+    [
+        ("zipformer_icefall_tiny_causal.pt", False, "(a causal model: add --causal)"),
+        ("zipformer_icefall_tiny.pt", True, "(not a causal model: drop --causal)"),
+    ],
+)
 def test_wrong_causality(tmp_path, name, causal, hint, capsys):
     source = _write_input(tmp_path / "icefall.pt", icefall_state(name))
     argv = [str(source), "--out", str(tmp_path / "o.pt"), "--encoder", "zipformer-small", *set_options()]
@@ -254,9 +290,21 @@ def test_lang_dir_of_another_vocabulary(tmp_path, capsys):
     source = _write_input(tmp_path / "icefall.pt", icefall_state())
     other = tmp_path / "lang"
     build_char_tokenizer(["abc"], other)
-    line = _assert_one_line_error(*_convert([str(source), "--out", str(tmp_path / "o.pt"), "--encoder",
-                                             "zipformer-small", *set_options(), "--lang-dir", str(other)],
-                                            capsys)[::2])
+    line = _assert_one_line_error(
+        *_convert(
+            [
+                str(source),
+                "--out",
+                str(tmp_path / "o.pt"),
+                "--encoder",
+                "zipformer-small",
+                *set_options(),
+                "--lang-dir",
+                str(other),
+            ],
+            capsys,
+        )[::2]
+    )
     assert "the tokenizer has 6 symbols but the checkpoint's vocabulary has 10" in line
 
 
@@ -274,8 +322,24 @@ def test_truncated_file_in_a_real_process(tmp_path):
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(source.read_bytes()[: source.stat().st_size // 2])
     out = tmp_path / "o.pt"
-    result = subprocess.run([sys.executable, "-m", "asr", "convert", "icefall", str(truncated), "--out", str(out),
-                             "--encoder", "zipformer-small"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "asr",
+            "convert",
+            "icefall",
+            str(truncated),
+            "--out",
+            str(out),
+            "--encoder",
+            "zipformer-small",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 1, result.stderr
     _assert_one_line_error(result.returncode, result.stderr)
     assert "cannot read checkpoint (truncated, or not a PyTorch file)" in result.stderr

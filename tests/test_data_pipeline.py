@@ -58,12 +58,18 @@ def make_corpus(tmp_path, durations, texts=None, rate=16000) -> CutSet:
         recording = Recording.from_file(path, recording_id=f"utt{i}")
         recordings.append(recording)
         supervisions.append(
-            SupervisionSegment(id=f"utt{i}", recording_id=f"utt{i}", start=0.0, duration=recording.duration, text=texts[i])
+            SupervisionSegment(
+                id=f"utt{i}", recording_id=f"utt{i}", start=0.0, duration=recording.duration, text=texts[i]
+            )
         )
-    return CutSet.from_manifests(
-        recordings=RecordingSet.from_recordings(recordings),
-        supervisions=SupervisionSet.from_segments(supervisions),
-    ).trim_to_supervisions().to_eager()
+    return (
+        CutSet.from_manifests(
+            recordings=RecordingSet.from_recordings(recordings),
+            supervisions=SupervisionSet.from_segments(supervisions),
+        )
+        .trim_to_supervisions()
+        .to_eager()
+    )
 
 
 def audio_free_cuts(durations, texts=None) -> CutSet:
@@ -71,11 +77,23 @@ def audio_free_cuts(durations, texts=None) -> CutSet:
     cuts = []
     for i, seconds in enumerate(durations):
         num_samples = int(round(seconds * 16000))
-        recording = Recording(id=f"r{i}", sources=[], sampling_rate=16000, num_samples=num_samples, duration=num_samples / 16000)
+        recording = Recording(
+            id=f"r{i}", sources=[], sampling_rate=16000, num_samples=num_samples, duration=num_samples / 16000
+        )
         text = texts[i] if texts is not None else "x"
-        supervision = SupervisionSegment(id=f"s{i}", recording_id=f"r{i}", start=0, duration=recording.duration, text=text)
-        cuts.append(MonoCut(id=f"c{i:03d}", start=0, duration=recording.duration, channel=0,
-                            recording=recording, supervisions=[supervision]))
+        supervision = SupervisionSegment(
+            id=f"s{i}", recording_id=f"r{i}", start=0, duration=recording.duration, text=text
+        )
+        cuts.append(
+            MonoCut(
+                id=f"c{i:03d}",
+                start=0,
+                duration=recording.duration,
+                channel=0,
+                recording=recording,
+                supervisions=[supervision],
+            )
+        )
     return CutSet.from_cuts(cuts)
 
 
@@ -94,7 +112,9 @@ def test_compute_fbank_is_lhotse_fbank():
 def test_compute_fbank_matches_lhotse_cut_features(tmp_path):
     cut = make_corpus(tmp_path, [0.87])[0]
     reference = cut.compute_features(Fbank(FbankConfig(num_mel_bins=80)))
-    torch.testing.assert_close(compute_fbank(load_audio(cut.recording.sources[0].source), 16000), torch.from_numpy(reference))
+    torch.testing.assert_close(
+        compute_fbank(load_audio(cut.recording.sources[0].source), 16000), torch.from_numpy(reference)
+    )
     assert reference.shape[0] == compute_num_frames(cut.duration, 0.01, 16000)
 
 
@@ -111,7 +131,9 @@ def test_fbank_cli_stores_features_and_speed_perturbs(tmp_path):
     low_rate = make_corpus(tmp_path / "..", [0.7], rate=8000).modify_ids(lambda i: "narrowband")
     (cuts + low_rate).to_file(tmp_path / "in.jsonl.gz")
     out = tmp_path / "fbank" / "x_cuts_train.jsonl.gz"
-    assert cli.main(["data", "fbank", "--cuts", str(tmp_path / "in.jsonl.gz"), "--out", str(out), "--speed-perturb"]) == 0
+    assert (
+        cli.main(["data", "fbank", "--cuts", str(tmp_path / "in.jsonl.gz"), "--out", str(out), "--speed-perturb"]) == 0
+    )
     written = CutSet.from_file(out)
     base_ids = ["utt0", "utt1", "narrowband"]
     assert sorted(written.ids) == sorted(base_ids + [f"{i}_sp{f}" for i in base_ids for f in ("0.9", "1.1")])
@@ -134,8 +156,9 @@ def test_fbank_cli_stores_features_and_speed_perturbs(tmp_path):
     written = CutSet.from_file(out)
     assert sorted(i.rsplit("_sp", 1)[0] for i in written.ids) == sorted(base_ids)
     for cut in written:
-        np.testing.assert_allclose(cut.load_features(), compute_fbank(cut.load_audio()[0], 16000).numpy(),
-                                   atol=LILCOM_ATOL)
+        np.testing.assert_allclose(
+            cut.load_features(), compute_fbank(cut.load_audio()[0], 16000).numpy(), atol=LILCOM_ATOL
+        )
     with pytest.raises(ValueError, match="speed_perturb must be one of"):
         compute_and_store_fbank(written, tmp_path / "x", speed_perturb="twice")
 
@@ -218,7 +241,11 @@ def test_ddp_ranks_get_disjoint_cuts(drop_last):
     cuts = audio_free_cuts([1.0 + 0.01 * i for i in range(101)])
     config = DataConfig(max_duration=5.0, num_buckets=4, shuffle=True, drop_last=drop_last, num_workers=0)
     per_rank = [
-        [cid for batch in AsrDataModule(config, world_size=2, rank=rank).train_dataloader(cuts).sampler for cid in batch.ids]
+        [
+            cid
+            for batch in AsrDataModule(config, world_size=2, rank=rank).train_dataloader(cuts).sampler
+            for cid in batch.ids
+        ]
         for rank in (0, 1)
     ]
     assert len(per_rank[0]) > 30 and len(per_rank[1]) > 30
@@ -358,8 +385,9 @@ def test_precomputed_features_are_used(corpus, tmp_path):
     config = DataConfig(max_duration=100.0, shuffle=False, num_workers=0)
     stored = all_batches(AsrDataModule(config, world_size=1, rank=0).valid_dataloader(with_feats))
     recomputed = all_batches(
-        AsrDataModule(DataConfig(**{**config.__dict__, "on_the_fly_features": True}), world_size=1, rank=0)
-        .valid_dataloader(with_feats)
+        AsrDataModule(
+            DataConfig(**{**config.__dict__, "on_the_fly_features": True}), world_size=1, rank=0
+        ).valid_dataloader(with_feats)
     )
     for cut in with_feats:
         torch.testing.assert_close(stored[cut.id][0], torch.from_numpy(cut.load_features()), rtol=0, atol=0)
@@ -385,7 +413,9 @@ def test_loader_resume_gives_the_remaining_batches(corpus):
 def low_to_high_band_db(samples: np.ndarray, rate: int) -> float:
     power = np.abs(np.fft.rfft(samples)) ** 2
     freqs = np.fft.rfftfreq(len(samples), 1 / rate)
-    return float(10 * np.log10(power[(freqs > 50) & (freqs < 500)].mean() / power[(freqs > 4000) & (freqs < 7500)].mean()))
+    return float(
+        10 * np.log10(power[(freqs > 50) & (freqs < 500)].mean() / power[(freqs > 4000) & (freqs < 7500)].mean())
+    )
 
 
 def test_sox_noise_cuts(tmp_path, corpus):
@@ -429,7 +459,9 @@ def test_noise_mixing_hits_the_requested_snr(tmp_path, corpus):
 def test_noise_in_training_batches(tmp_path, corpus):
     speech, _ = corpus
     noise = make_noise_cuts(tmp_path / "noise", duration=3.0, noise_types=["pinknoise"])
-    config = DataConfig(max_duration=100.0, shuffle=False, drop_last=False, num_workers=0, spec_augment=False, noise_prob=1.0)
+    config = DataConfig(
+        max_duration=100.0, shuffle=False, drop_last=False, num_workers=0, spec_augment=False, noise_prob=1.0
+    )
     module = AsrDataModule(config, noise_cuts=noise, world_size=1, rank=0)
     noisy = all_batches(module.train_dataloader(speech))
     clean = all_batches(module.valid_dataloader(speech))
@@ -457,7 +489,7 @@ def test_speed_perturb_one_of_keeps_each_cut_once():
     speeds = {"": 0, "_sp0.9": 0, "_sp1.1": 0}
     for cut in cuts:
         new = by_base[cut.id]
-        suffix = new.id[len(cut.id):]
+        suffix = new.id[len(cut.id) :]
         speeds[suffix] += 1
         factor = {"": 1.0, "_sp0.9": 0.9, "_sp1.1": 1.1}[suffix]
         assert new.duration == pytest.approx(cut.duration / factor, abs=1e-3)

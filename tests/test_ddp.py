@@ -33,7 +33,7 @@ import torch
 
 from asr import checkpoint as ckpt
 from asr.training.distributed import World
-from asr.training.trainer import Trainer, TrainConfig, make_data
+from asr.training.trainer import TrainConfig, Trainer, make_data
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 TORCHRUN = str(Path(sys.executable).parent / "torchrun")
@@ -59,16 +59,38 @@ def train_args(
     train_cuts: Path, lang_dir: Path, exp_dir: Path, max_duration: float, validate: bool = True
 ) -> list[str]:
     return [
-        "train", "--preset", "synth-cpu", "--seed", "42",
-        "--train-cuts", str(train_cuts), *(["--valid-cuts", str(train_cuts)] if validate else []),
-        "--lang-dir", str(lang_dir), "--exp-dir", str(exp_dir),
-        "--encoder-kwargs", '{"num_encoder_layers": [1, 1, 1, 1, 1, 1]}',
-        "--max-duration", str(max_duration), "--num-epochs", "1", "--num-workers", "0",
+        "train",
+        "--preset",
+        "synth-cpu",
+        "--seed",
+        "42",
+        "--train-cuts",
+        str(train_cuts),
+        *(["--valid-cuts", str(train_cuts)] if validate else []),
+        "--lang-dir",
+        str(lang_dir),
+        "--exp-dir",
+        str(exp_dir),
+        "--encoder-kwargs",
+        '{"num_encoder_layers": [1, 1, 1, 1, 1, 1]}',
+        "--max-duration",
+        str(max_duration),
+        "--num-epochs",
+        "1",
+        "--num-workers",
+        "0",
         # Full learning rate from the first step, so that 7 steps move the loss far from its start.
-        "--warmup-batches", "1", "--save-every-n", "1000", "--log-interval", "1",
+        "--warmup-batches",
+        "1",
+        "--save-every-n",
+        "1000",
+        "--log-interval",
+        "1",
         # The schedule and augmentation the loss figures above were measured with: each 24 s of audio
         # counts as 1.6 batches for the model's regularisation schedules (24 * 40 / 600).
-        "--schedule-speedup", "40", "--spec-augment",
+        "--schedule-speedup",
+        "40",
+        "--spec-augment",
     ]
 
 
@@ -117,8 +139,19 @@ def runs(corpus, tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("ddp")
     ddp_dir, single_dir, log_dir = root / "ddp", root / "single", root / "torchrun-logs"
     run(
-        [TORCHRUN, "--standalone", "--nproc_per_node", "2", "--log-dir", str(log_dir), "--redirects", "3",
-         "-m", "asr", *train_args(corpus["train"], corpus["lang"], ddp_dir, BATCH_SECONDS)],
+        [
+            TORCHRUN,
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "--log-dir",
+            str(log_dir),
+            "--redirects",
+            "3",
+            "-m",
+            "asr",
+            *train_args(corpus["train"], corpus["lang"], ddp_dir, BATCH_SECONDS),
+        ],
         log_dir,
     )
     run([sys.executable, "-m", "asr", *train_args(corpus["train"], corpus["lang"], single_dir, 2 * BATCH_SECONDS)])
@@ -230,8 +263,24 @@ def test_a_non_finite_loss_on_one_rank_is_skipped_on_both(corpus, tmp_path):
 
     args = train_args(tmp_path / "cuts.jsonl.gz", corpus["lang"], tmp_path / "exp", max_duration=6.0, validate=False)
     log_dir = tmp_path / "torchrun-logs"
-    run([TORCHRUN, "--standalone", "--nproc_per_node", "2", "--log-dir", str(log_dir), "--redirects", "3",
-         "-m", "asr", *args, "--no-spec-augment"], log_dir, timeout=120)
+    run(
+        [
+            TORCHRUN,
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "--log-dir",
+            str(log_dir),
+            "--redirects",
+            "3",
+            "-m",
+            "asr",
+            *args,
+            "--no-spec-augment",
+        ],
+        log_dir,
+        timeout=120,
+    )
 
     logs = read_rank_logs(log_dir)
     steps = ckpt.load(tmp_path / "exp" / "epoch-1.pt")["state"]["batch_idx_train"]

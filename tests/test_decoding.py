@@ -194,7 +194,9 @@ def test_exhaustive_beam_equals_enumeration_of_one_symbol_per_frame_paths():
                 if symbol != 0:
                     history.append(symbol)
             by_tokens.setdefault(tuple(history), []).append(score)
-    totals = {tokens: float(torch.logsumexp(torch.tensor(s, dtype=torch.float64), 0)) for tokens, s in by_tokens.items()}
+    totals = {
+        tokens: float(torch.logsumexp(torch.tensor(s, dtype=torch.float64), 0)) for tokens, s in by_tokens.items()
+    }
     best_tokens = max(totals, key=totals.get)
     hyp = modified_beam_search(model, enc_out, torch.tensor([4]), beam=VOCAB**4, length_norm=False)[0]
     assert tuple(hyp.tokens) == best_tokens

@@ -16,13 +16,26 @@ from asr.encoders import Encoder, StreamingEncoder, build_encoder, encoder_names
 from asr.streaming import is_streaming_encoder, simulate_streaming
 from asr.streaming.simulate import LOG_EPS
 
-TINY_ZIPFORMER = dict(num_encoder_layers=1, encoder_dim=32, feedforward_dim=64, encoder_unmasked_dim=16, num_heads=2,
-                      query_head_dim=8, value_head_dim=4, pos_head_dim=4, pos_dim=16, cnn_module_kernel=7,
-                      embed_channels=(4, 8, 16))
+TINY_ZIPFORMER = dict(
+    num_encoder_layers=1,
+    encoder_dim=32,
+    feedforward_dim=64,
+    encoder_unmasked_dim=16,
+    num_heads=2,
+    query_head_dim=8,
+    value_head_dim=4,
+    pos_head_dim=4,
+    pos_dim=16,
+    cnn_module_kernel=7,
+    embed_channels=(4, 8, 16),
+)
 TINY_CONFORMER = dict(encoder_dim=32, num_layers=2, num_heads=4, feedforward_dim=64, kernel_size=7)
 TINY_TRANSFORMER = dict(encoder_dim=32, num_layers=2, num_heads=4, feedforward_dim=64)
-TINY = {"zipformer-xs": TINY_ZIPFORMER, "conformer-xs": TINY_CONFORMER,
-        "transformer-transducer-small": TINY_TRANSFORMER}
+TINY = {
+    "zipformer-xs": TINY_ZIPFORMER,
+    "conformer-xs": TINY_CONFORMER,
+    "transformer-transducer-small": TINY_TRANSFORMER,
+}
 FRAME_MS = {"zipformer-xs": 20, "conformer-xs": 40, "transformer-transducer-small": 40}
 
 
@@ -85,6 +98,7 @@ def test_the_contract_is_abstract():
 
 def test_attribute_lookalikes_are_not_streaming_encoders():
     """Having the attribute names is not enough: only a causal StreamingEncoder streams."""
+
     class LookAlike(torch.nn.Module):
         causal = True
         streaming_feature_frames = 13
@@ -115,8 +129,9 @@ def test_asr_model_requires_an_encoder():
 
 
 # -- (b) set_streaming, full_context and their errors ------------------------------------------------------
-@pytest.mark.parametrize("name, chunk, left", [("zipformer-xs", 32, 64), ("conformer-xs", 4, 16),
-                                               ("transformer-transducer-small", 4, 16)])
+@pytest.mark.parametrize(
+    "name, chunk, left", [("zipformer-xs", 32, 64), ("conformer-xs", 4, 16), ("transformer-transducer-small", 4, 16)]
+)
 def test_set_streaming_in_each_familys_units(name, chunk, left):
     encoder = tiny(name)
     assert encoder.chunk_frame_ms == FRAME_MS[name]
@@ -165,9 +180,13 @@ def test_set_streaming_errors_leave_the_settings_alone(name):
     encoder = tiny(name)
     before = encoder.streaming_context()
     chunk = 32 if name == "zipformer-xs" else 4
-    for args, message in [((0, 64), "chunk_size must be a positive"), ((-1, 64), "chunk_size must be a positive"),
-                          ((chunk, chunk + chunk // 2), "must be a multiple of chunk_size"),
-                          ((chunk, -1), "finite left context"), ((chunk, 0), "finite left context")]:
+    for args, message in [
+        ((0, 64), "chunk_size must be a positive"),
+        ((-1, 64), "chunk_size must be a positive"),
+        ((chunk, chunk + chunk // 2), "must be a multiple of chunk_size"),
+        ((chunk, -1), "finite left context"),
+        ((chunk, 0), "finite left context"),
+    ]:
         with pytest.raises(ValueError, match=message):
             encoder.set_streaming(*args)
         assert encoder.streaming_context() == before
@@ -297,17 +316,37 @@ def test_decode_chunk_size_equals_greedy_search_on_the_masked_forward(
 
     tokenizer = build_char_tokenizer(["abcdefghijklmnop"], tmp_path / "lang")
     torch.manual_seed(0)
-    model = build_model(name, tokenizer.vocab_size, heads=("transducer",), causal=True,
-                        encoder_kwargs={**TINY[name], **build_settings}, decoder_dim=16, joiner_dim=32).eval()
+    model = build_model(
+        name,
+        tokenizer.vocab_size,
+        heads=("transducer",),
+        causal=True,
+        encoder_kwargs={**TINY[name], **build_settings},
+        decoder_dim=16,
+        joiner_dim=32,
+    ).eval()
     with torch.no_grad():  # random weights far enough from their initial values to give varied tokens
         for p in model.parameters():
             p.add_(0.7 * torch.randn_like(p))
-    path = save_model(tmp_path / "model.pt", model,
-                      extra={"tokenizer": {"tokens.txt": (tmp_path / "lang" / "tokens.txt").read_bytes()}})
+    path = save_model(
+        tmp_path / "model.pt",
+        model,
+        extra={"tokenizer": {"tokens.txt": (tmp_path / "lang" / "tokens.txt").read_bytes()}},
+    )
 
     capsys.readouterr()
-    status = main(["decode", "--checkpoint", str(path), "--chunk-size", str(chunk),
-                   "--left-context-frames", str(left), *map(str, wavs)])
+    status = main(
+        [
+            "decode",
+            "--checkpoint",
+            str(path),
+            "--chunk-size",
+            str(chunk),
+            "--left-context-frames",
+            str(left),
+            *map(str, wavs),
+        ]
+    )
     assert status == 0
     printed = dict(line.split("\t", 1) for line in capsys.readouterr().out.splitlines() if "\t" in line)
 

@@ -36,7 +36,7 @@ def check_padding_invariance(encoder, lengths=(61, 45)):
         assert y.shape == (len(lengths), int(y_lens.max()), encoder.output_dim)
         assert torch.equal(y_lens, encoder.output_lengths(x_lens))
         for n, length in enumerate(lengths):
-            alone, alone_lens = encoder(x[n: n + 1, :length], x_lens[n: n + 1])
+            alone, alone_lens = encoder(x[n : n + 1, :length], x_lens[n : n + 1])
             assert alone_lens.item() == y_lens[n].item()
             torch.testing.assert_close(y[n, : y_lens[n]], alone[0], atol=1e-4, rtol=1e-4)
 
@@ -49,7 +49,7 @@ def stream(encoder, x, x_lens):
     total = int(encoder.output_lengths(torch.tensor(x.size(1))))
     outputs = []
     for k in range(-(-total // chunk)):
-        piece = x[:, shift * k: shift * k + window]
+        piece = x[:, shift * k : shift * k + window]
         valid = (x_lens - shift * k).clamp(min=0, max=window)
         piece = F.pad(piece, (0, 0, 0, window - piece.size(1)))
         y, y_lens, states = encoder.streaming_forward(piece, valid, states)
@@ -91,8 +91,9 @@ def test_causal_conformer_streaming_equals_masked_forward():
 
 
 def test_causal_conformer_future_does_not_leak():
-    encoder = build_conformer("conformer-small", causal=True, chunk_size=4, left_context_frames=8,
-                              **TINY_CONFORMER).eval()
+    encoder = build_conformer(
+        "conformer-small", causal=True, chunk_size=4, left_context_frames=8, **TINY_CONFORMER
+    ).eval()
     x = torch.randn(1, 90, 80)
     changed = x.clone()
     changed[:, 60:] += 1.0  # feature frames >= 60 reach encoder frames >= 14 (chunk 3, frames 12..15)
@@ -138,20 +139,27 @@ def test_efficient_conformer_rejects_causal():
 
 # -- Transformer-Transducer ---------------------------------------------------------------------------
 def test_transformer_padding_invariance():
-    check_padding_invariance(build_transformer("transformer-transducer-small", left_context=6, right_context=2,
-                                               **TINY_TRANSFORMER))
+    check_padding_invariance(
+        build_transformer("transformer-transducer-small", left_context=6, right_context=2, **TINY_TRANSFORMER)
+    )
 
 
-@pytest.mark.parametrize("context", [dict(left_context=6, right_context=1, stream_chunk_size=4),
-                                     dict(left_context=8, chunk_size=4)])
+@pytest.mark.parametrize(
+    "context", [dict(left_context=6, right_context=1, stream_chunk_size=4), dict(left_context=8, chunk_size=4)]
+)
 def test_transformer_streaming_equals_masked_forward(context):
     encoder = build_transformer("transformer-transducer-small", causal=True, **context, **TINY_TRANSFORMER)
     check_streaming(encoder)
 
 
 def test_transformer_training_samples_context():
-    encoder = build_transformer("transformer-transducer-small", causal=True, train_left_contexts=(2, 5),
-                                train_right_contexts=(0, 3), **TINY_TRANSFORMER).train()
+    encoder = build_transformer(
+        "transformer-transducer-small",
+        causal=True,
+        train_left_contexts=(2, 5),
+        train_right_contexts=(0, 3),
+        **TINY_TRANSFORMER,
+    ).train()
     seen = set()
     for _ in range(40):
         mask = encoder.attention_mask(12)
@@ -198,7 +206,7 @@ def test_label_encoder_search_matches_training_positions():
         assert training.shape == (1, 6, 16)
         history = [-1, -1] + tokens[0].tolist()  # search's start context: "no token" ids then blank
         for u in range(6):
-            context = torch.tensor([history[u: u + 3]])
+            context = torch.tensor([history[u : u + 3]])
             torch.testing.assert_close(encoder(context, need_pad=False)[:, 0], training[:, u])
 
 
@@ -220,9 +228,16 @@ def test_registered_in_build_encoder():
     from asr.encoders import build_encoder, encoder_names
 
     names = set(encoder_names())
-    assert {"conformer-small", "conformer-medium", "conformer-large", "efficient-conformer-small",
-            "efficient-conformer-medium", "efficient-conformer-large", "transformer-transducer-small",
-            "transformer-transducer-large"} <= names
+    assert {
+        "conformer-small",
+        "conformer-medium",
+        "conformer-large",
+        "efficient-conformer-small",
+        "efficient-conformer-medium",
+        "efficient-conformer-large",
+        "transformer-transducer-small",
+        "transformer-transducer-large",
+    } <= names
     encoder = build_encoder("conformer-small", causal=True, chunk_size=4, **TINY_CONFORMER)
     assert encoder.causal and encoder.chunk_size == 4 and encoder.output_dim == 32
     assert build_encoder("transformer-transducer-small", **TINY_TRANSFORMER).left_context == -1

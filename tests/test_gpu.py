@@ -32,7 +32,10 @@ def test_kernel_cases_compiled_on_gpu():
     env.pop("ASR_ATTENTION_BACKEND", None)
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *KERNEL_CASE_FILES, "-m", "slow or not slow"],
-        env=env, capture_output=True, text=True, timeout=900,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
     assert " passed" in result.stdout and " skipped" not in result.stdout, result.stdout[-3000:]
@@ -109,9 +112,7 @@ def test_pruned_rnnt_path_on_gpu_matches_cpu():
     for device in ("cpu", CUDA.type):
         a, b = am.to(device).requires_grad_(), lm.to(device).requires_grad_()
         s, bd = symbols.to(device), boundary.to(device)
-        simple, (px_grad, py_grad) = rnnt_loss_smoothed(
-            b, a, s, 0, 0.25, 0.0, bd, reduction="none", return_grad=True
-        )
+        simple, (px_grad, py_grad) = rnnt_loss_smoothed(b, a, s, 0, 0.25, 0.0, bd, reduction="none", return_grad=True)
         ranges = get_rnnt_prune_ranges(px_grad, py_grad, bd, 5)
         am_pruned, lm_pruned = do_rnnt_pruning(a, b, ranges)
         pruned = rnnt_loss_pruned(am_pruned + lm_pruned, s, ranges, 0, bd, reduction="none")

@@ -67,8 +67,9 @@ def _both_backends(att: RelPositionMultiheadAttention, x: torch.Tensor, **kwargs
         att.attention_backend = backend
         x_ = x.clone().requires_grad_()
         out = att(x_, **kwargs)
-        (grad,) = torch.autograd.grad((out.output * torch.cos(torch.arange(out.output.numel()))
-                                       .reshape(out.output.shape)).sum(), x_)
+        (grad,) = torch.autograd.grad(
+            (out.output * torch.cos(torch.arange(out.output.numel())).reshape(out.output.shape)).sum(), x_
+        )
         results[backend] = (out.output.detach(), None if out.weights is None else out.weights.detach(), grad)
     return results["torch"], results["triton"]
 
@@ -142,15 +143,22 @@ FALLBACK_CASES = [
     pytest.param(dict(relaxed_attention_gamma=0.2), True, lambda T: {}, id="relaxed-in-training"),
     pytest.param(dict(dropout=0.3), True, lambda T: {}, id="dropout-in-training"),
     pytest.param({}, False, lambda T: {"attn_mask": limited_context_mask(T, 2, 1)}, id="limited-context"),
-    pytest.param(dict(group_size=3), False, lambda T: {"attn_mask": limited_context_mask(T, 4, 3)},
-                 id="G3-limited-context"),
-    pytest.param(dict(group_size=3), False, lambda T: {"attn_mask": chunked_mask(T, 4, 1)},
-                 id="G3-chunk-not-multiple-of-group"),
-    pytest.param({}, False, lambda T: {"attn_mask": chunked_mask(T, 4, 1).expand(2, T, T)},
-                 id="per-utterance-mask"),
-    pytest.param({}, False, lambda T: {"cache": (torch.randn(2, 3, 24), torch.randn(2, 3, 24)),
-                                       "key_padding_mask": padding_mask(torch.tensor([3 + T, 2 + T]), 3 + T)},
-                 id="cache"),
+    pytest.param(
+        dict(group_size=3), False, lambda T: {"attn_mask": limited_context_mask(T, 4, 3)}, id="G3-limited-context"
+    ),
+    pytest.param(
+        dict(group_size=3), False, lambda T: {"attn_mask": chunked_mask(T, 4, 1)}, id="G3-chunk-not-multiple-of-group"
+    ),
+    pytest.param({}, False, lambda T: {"attn_mask": chunked_mask(T, 4, 1).expand(2, T, T)}, id="per-utterance-mask"),
+    pytest.param(
+        {},
+        False,
+        lambda T: {
+            "cache": (torch.randn(2, 3, 24), torch.randn(2, 3, 24)),
+            "key_padding_mask": padding_mask(torch.tensor([3 + T, 2 + T]), 3 + T),
+        },
+        id="cache",
+    ),
 ]
 
 
@@ -170,7 +178,7 @@ def test_fallbacks_equal_torch_backend(kernel_calls, kwargs, training, forward_k
 
 
 def test_auto_backend_on_cpu(kernel_calls, monkeypatch):
-    """"auto" means Triton only on CUDA (or where ASR_ATTENTION_BACKEND says so)."""
+    """ "auto" means Triton only on CUDA (or where ASR_ATTENTION_BACKEND says so)."""
     att = _attention(attention_backend="auto")
     x = torch.randn(1, 7, 24)
     att(x)
@@ -189,14 +197,26 @@ def _tiny_input(lengths=(61, 47), seed=0):
 ENCODER_CASES = [
     # name, build kwargs, expected kernel calls (chunk_size, left_chunks) per attention call
     pytest.param("conformer-small", dict(**TINY_CONFORMER), [(-1, -1)] * 2, id="conformer"),
-    pytest.param("conformer-small", dict(causal=True, chunk_size=4, left_context_frames=8, **TINY_CONFORMER),
-                 [(4, 2)] * 2, id="conformer-causal"),
+    pytest.param(
+        "conformer-small",
+        dict(causal=True, chunk_size=4, left_context_frames=8, **TINY_CONFORMER),
+        [(4, 2)] * 2,
+        id="conformer-causal",
+    ),
     pytest.param("efficient-conformer-small", dict(**TINY_EFFICIENT), [(-1, -1)] * 5, id="efficient"),
     # The two strided-MHSA blocks fall back.
-    pytest.param("efficient-conformer-small", dict(downsampling="attention", **TINY_EFFICIENT), [(-1, -1)] * 3,
-                 id="efficient-strided"),
-    pytest.param("transformer-transducer-small", dict(chunk_size=4, left_context=8, **TINY_TRANSFORMER),
-                 [(4, 2)] * 2, id="transformer-chunked"),
+    pytest.param(
+        "efficient-conformer-small",
+        dict(downsampling="attention", **TINY_EFFICIENT),
+        [(-1, -1)] * 3,
+        id="efficient-strided",
+    ),
+    pytest.param(
+        "transformer-transducer-small",
+        dict(chunk_size=4, left_context=8, **TINY_TRANSFORMER),
+        [(4, 2)] * 2,
+        id="transformer-chunked",
+    ),
     pytest.param("transformer-transducer-small", dict(causal=True, **TINY_TRANSFORMER), [], id="transformer-limited"),
 ]
 
@@ -207,8 +227,9 @@ def test_encoders_same_with_both_backends(kernel_calls, name, kwargs, expected_c
     causal = kwargs.pop("causal", False)
     torch.manual_seed(0)
     encoder = build_encoder(name, causal=causal, attention_backend="triton", **kwargs).eval()
-    assert all(m.attention_backend == "triton" for m in encoder.modules()
-               if isinstance(m, RelPositionMultiheadAttention))
+    assert all(
+        m.attention_backend == "triton" for m in encoder.modules() if isinstance(m, RelPositionMultiheadAttention)
+    )
     x, x_lens = _tiny_input()
     with torch.no_grad():
         y_triton, lens = encoder(x, x_lens)
@@ -230,8 +251,7 @@ def test_invalid_backend_is_rejected():
         encoder.set_attention_backend("Triton")
     with pytest.raises(ValueError, match="attention_backend"):
         set_attention_backend(encoder, "")
-    assert {m.attention_backend for m in encoder.modules() if isinstance(m, RelPositionMultiheadAttention)} == {
-        "torch"}
+    assert {m.attention_backend for m in encoder.modules() if isinstance(m, RelPositionMultiheadAttention)} == {"torch"}
 
 
 def test_kernel_encoders_under_triton_interpreter():
@@ -241,7 +261,10 @@ def test_kernel_encoders_under_triton_interpreter():
     env.pop(fused_attention.BACKEND_ENV_VAR, None)
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(TRITON_KERNEL_ENCODER_CASES)],
-        env=env, capture_output=True, text=True, timeout=600,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
     assert " passed" in result.stdout, result.stdout[-3000:]

@@ -149,9 +149,7 @@ def test_dispatch_torch_path_is_the_reference():
     x = rel_pos_inputs(11, 11, 8, 4, 4, padded_lengths=(11, 6))
     padding = torch.isinf(x["key_bias"])
     out = rel_pos_attention(x["q"], x["k"], x["v"], x["q_pos"], x["pos_table"], padding, 4, 0, backend="torch")
-    expected = rel_pos_attention_reference(
-        x["q"], x["k"], x["v"], x["q_pos"], x["pos_table"], x["key_bias"], 4, 0
-    )
+    expected = rel_pos_attention_reference(x["q"], x["k"], x["v"], x["q_pos"], x["pos_table"], x["key_bias"], 4, 0)
     torch.testing.assert_close(out, expected, atol=0, rtol=0)
 
 
@@ -197,7 +195,10 @@ def _run_kernel_tests_in_interpreter(marker: str) -> None:
     env.pop("ASR_ATTENTION_BACKEND", None)
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(TRITON_KERNEL_CASES), "-m", marker],
-        env=env, capture_output=True, text=True, timeout=600,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
     assert " passed" in result.stdout, result.stdout[-3000:]
@@ -250,8 +251,9 @@ def test_kernels_compile_for_sm90_without_a_gpu():
     kernel to an sm_90 cubin (no device needed) in a process without TRITON_INTERPRET."""
     pytest.importorskip("triton")
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    result = subprocess.run([sys.executable, "-c", _COMPILE_FOR_SM90], env=env, capture_output=True, text=True,
-                            timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-c", _COMPILE_FOR_SM90], env=env, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0 and "compiled 8" in result.stdout, result.stderr[-4000:]
 
 
@@ -276,11 +278,13 @@ def test_kernel_tiles_shrink_until_they_fit(monkeypatch):
             if tiles["BLOCK_M"] * tiles["BLOCK_N"] > limit:
                 raise OutOfResources(2 * limit, limit, "shared memory")
             return tiles["BLOCK_M"], tiles["BLOCK_N"]
+
         return launch
 
     def problem(block_m=None, block_n=None):
-        return kernels._Problem(x["q"], x["k"], x["v"], x["q_pos"], x["pos_table"], x["key_bias"], 1.0, -1, -1,
-                                block_m, block_n)
+        return kernels._Problem(
+            x["q"], x["k"], x["v"], x["q_pos"], x["pos_table"], x["key_bias"], 1.0, -1, -1, block_m, block_n
+        )
 
     assert problem().blocks(backward=False) == (64, 32)
     assert kernels._run_with_fitting_blocks(problem(), "forward", False, launch_fitting(512)) == (16, 32)

@@ -95,8 +95,9 @@ def test_exhaustive_beam_with_lexicon_equals_brute_force(penalty):
     enc_out = 2.0 * torch.randn(1, 4, 32, generator=torch.Generator().manual_seed(8))
     lexicon = Lexicon(TINY_WORDS, TINY_PIECES)
     expected, am_score = brute_force_penalised_best(model, enc_out, lexicon, penalty)
-    hyp = modified_beam_search(model, enc_out, torch.tensor([4]), beam=VOCAB**4, length_norm=False,
-                               lexicon=lexicon, oov_penalty=penalty)[0]
+    hyp = modified_beam_search(
+        model, enc_out, torch.tensor([4]), beam=VOCAB**4, length_norm=False, lexicon=lexicon, oov_penalty=penalty
+    )[0]
     assert tuple(hyp.tokens) == expected
     assert hyp.score == pytest.approx(am_score, abs=1e-4)
 
@@ -157,12 +158,26 @@ def test_exhaustive_beam_with_word_lm_equals_brute_force(penalty, scale, bonus):
     scored = {}
     for tokens, am in sequence_log_probs(model, enc_out).items():
         words = "".join(TINY_PIECES[v].replace(W, " ") for v in tokens).split()
-        scored[tokens] = (am - penalty * count_by_splitting(lexicon, TINY_PIECES, list(tokens))
-                          + scale * word_lm_log_prob(word_lm, words) + bonus * len(words), am)
+        scored[tokens] = (
+            am
+            - penalty * count_by_splitting(lexicon, TINY_PIECES, list(tokens))
+            + scale * word_lm_log_prob(word_lm, words)
+            + bonus * len(words),
+            am,
+        )
     expected = max(scored, key=lambda k: scored[k][0])
-    hyp = modified_beam_search(model, enc_out, torch.tensor([4]), beam=VOCAB**4, length_norm=False,
-                               lexicon=lexicon, oov_penalty=penalty, word_lm=word_lm, word_lm_scale=scale,
-                               word_bonus=bonus)[0]
+    hyp = modified_beam_search(
+        model,
+        enc_out,
+        torch.tensor([4]),
+        beam=VOCAB**4,
+        length_norm=False,
+        lexicon=lexicon,
+        oov_penalty=penalty,
+        word_lm=word_lm,
+        word_lm_scale=scale,
+        word_bonus=bonus,
+    )[0]
     assert tuple(hyp.tokens) == expected
     assert hyp.score == pytest.approx(scored[expected][1], abs=1e-4)
     if scale == 3.0:  # guards the test against a word LM too weak to matter

@@ -55,9 +55,7 @@ def test_counts_of_toy_corpus_by_hand():
     assert as_tuples(*raw[2], 3, 6) == {(S, A, B): 1, (A, B, S): 1, (S, A, C): 1, (A, C, S): 1, (S, B, S): 1}
     # continuation counts: distinct left neighbours; n-grams starting with <s> keep their raw count
     assert as_tuples(raw[0][0], adjusted[0], 1, 6) == {(A,): 1, (B,): 2, (C,): 1, (S,): 2}
-    assert as_tuples(raw[1][0], adjusted[1], 2, 6) == {
-        (S, A): 2, (S, B): 1, (A, B): 1, (A, C): 1, (B, S): 2, (C, S): 1
-    }
+    assert as_tuples(raw[1][0], adjusted[1], 2, 6) == {(S, A): 2, (S, B): 1, (A, B): 1, (A, C): 1, (B, S): 2, (C, S): 1}
     assert as_tuples(raw[2][0], adjusted[2], 3, 6) == as_tuples(*raw[2], 3, 6)
 
 
@@ -124,13 +122,27 @@ def test_kneser_ney_probabilities_of_toy_corpus_by_hand(order):
 
 def test_hand_written_arpa_loads_with_hand_probabilities(tmp_path):
     """The bigram toy model written out by hand as an ARPA file, as SRILM/KenLM would."""
+
     def l10(p: float) -> str:
         return f"{math.log10(p):.7f}"
 
     bow = l10(0.5)
-    lines = ["", "\\data\\", "ngram 1=6", "ngram 2=6", "", "\\1-grams:", f"-99\t<s>\t{bow}",
-             f"{l10(UNIGRAM[S])}\t</s>", f"{l10(0.1)}\t<unk>", f"{l10(UNIGRAM[A])}\ta\t{bow}",
-             f"{l10(UNIGRAM[B])}\tb\t{bow}", f"{l10(UNIGRAM[C])}\tc\t{bow}", "", "\\2-grams:"]
+    lines = [
+        "",
+        "\\data\\",
+        "ngram 1=6",
+        "ngram 2=6",
+        "",
+        "\\1-grams:",
+        f"-99\t<s>\t{bow}",
+        f"{l10(UNIGRAM[S])}\t</s>",
+        f"{l10(0.1)}\t<unk>",
+        f"{l10(UNIGRAM[A])}\ta\t{bow}",
+        f"{l10(UNIGRAM[B])}\tb\t{bow}",
+        f"{l10(UNIGRAM[C])}\tc\t{bow}",
+        "",
+        "\\2-grams:",
+    ]
     names = {S: None, A: "a", B: "b", C: "c"}
     for (h, w), p in BIGRAM.items():
         lines.append(f"{l10(p)}\t{'<s>' if h == S else names[h]} {'</s>' if w == S else names[w]}")
@@ -141,7 +153,9 @@ def test_hand_written_arpa_loads_with_hand_probabilities(tmp_path):
     assert lm.order == 2 and lm.num_ngrams == [6, 6]
     for context in [(S,), (A,), (B,), (C,)]:
         for word in (2, A, B, C, S):
-            assert math.exp(lm.token_log_prob(context, word)) == pytest.approx(expected_toy_prob(context, word), rel=1e-6)
+            assert math.exp(lm.token_log_prob(context, word)) == pytest.approx(
+                expected_toy_prob(context, word), rel=1e-6
+            )
     # the sentence "a b": p(a|<s>) p(b|a) p(</s>|b)
     expected = BIGRAM[(S, A)] * BIGRAM[(A, B)] * BIGRAM[(B, S)]
     assert math.exp(lm.sentence_log_prob([A, B])) == pytest.approx(expected, rel=1e-6)
@@ -200,7 +214,8 @@ def test_pruning_drops_rare_ngrams_and_keeps_the_others_probabilities(tmp_path):
             fields = line.split("\t")
             tokens = [ids[t] for t in fields[1].split()]
             assert float(fields[0]) * math.log(10) == pytest.approx(
-                full.token_log_prob(tuple(tokens[:-1]), tokens[-1]), abs=5e-6  # 7 digits in ARPA
+                full.token_log_prob(tuple(tokens[:-1]), tokens[-1]),
+                abs=5e-6,  # 7 digits in ARPA
             ), line
             checked += 1
     assert checked == sum(pruned.num_ngrams) - 1
@@ -253,8 +268,11 @@ def brute_force_fused_best(model, enc_out, lm, lm_scale, lm_final, length_norm, 
         if S in tokens:  # the LM gives <sos/eos> no probability as a token
             continue
         am = float(torch.logsumexp(torch.tensor(scores, dtype=torch.float64), 0))
-        lm_lp = lm.sentence_log_prob(tokens) if lm_final else lm.sentence_log_prob(tokens) - lm.token_log_prob(
-            _state_after(lm, tokens), S)
+        lm_lp = (
+            lm.sentence_log_prob(tokens)
+            if lm_final
+            else lm.sentence_log_prob(tokens) - lm.token_log_prob(_state_after(lm, tokens), S)
+        )
         fused = am + lm_scale * lm_lp + lm_bonus * len(tokens)
         scored[tokens] = (fused / (len(tokens) + model.decoder.context_size) if length_norm else fused, am)
     best = max(scored, key=lambda k: scored[k][0])
@@ -284,8 +302,17 @@ def fusion_setup():
 def test_fused_exhaustive_beam_equals_brute_force(fusion_setup, lm_scale, lm_final, length_norm, lm_bonus):
     model, enc_out, lm = fusion_setup
     expected, am_score = brute_force_fused_best(model, enc_out, lm, lm_scale, lm_final, length_norm, lm_bonus)
-    hyp = modified_beam_search(model, enc_out, torch.tensor([3]), beam=VOCAB**3, length_norm=length_norm,
-                               lm=lm, lm_scale=lm_scale, lm_final=lm_final, lm_bonus=lm_bonus)[0]
+    hyp = modified_beam_search(
+        model,
+        enc_out,
+        torch.tensor([3]),
+        beam=VOCAB**3,
+        length_norm=length_norm,
+        lm=lm,
+        lm_scale=lm_scale,
+        lm_final=lm_final,
+        lm_bonus=lm_bonus,
+    )[0]
     assert tuple(hyp.tokens) == expected
     assert hyp.score == pytest.approx(am_score, abs=1e-4)
 
@@ -306,8 +333,10 @@ def test_lm_scale_zero_is_plain_search_and_batching_is_per_utterance(fusion_setu
     zero = modified_beam_search(model, enc_out, enc_lens, beam=4, lm=lm, lm_scale=0.0)
     assert [(h.tokens, h.timestamps, h.score) for h in plain] == [(h.tokens, h.timestamps, h.score) for h in zero]
     fused = modified_beam_search(model, enc_out, enc_lens, beam=4, lm=lm, lm_scale=1.0)
-    alone = [modified_beam_search(model, enc_out[i : i + 1, :n], torch.tensor([n]), beam=4, lm=lm, lm_scale=1.0)[0]
-             for i, n in enumerate(enc_lens.tolist())]
+    alone = [
+        modified_beam_search(model, enc_out[i : i + 1, :n], torch.tensor([n]), beam=4, lm=lm, lm_scale=1.0)[0]
+        for i, n in enumerate(enc_lens.tolist())
+    ]
     assert [h.tokens for h in fused] == [h.tokens for h in alone]
     assert all(S not in h.tokens for h in fused)
     with pytest.raises(ValueError, match="lm_scale"):
@@ -320,7 +349,9 @@ def write_cuts(path, texts: list[str]) -> None:
     for i, text in enumerate(texts):
         recording = Recording(id=f"r{i}", sources=[], sampling_rate=16000, num_samples=16000, duration=1.0)
         supervision = SupervisionSegment(id=f"s{i}", recording_id=f"r{i}", start=0, duration=1.0, text=text)
-        cuts.append(MonoCut(id=f"c{i}", start=0, duration=1.0, channel=0, recording=recording, supervisions=[supervision]))
+        cuts.append(
+            MonoCut(id=f"c{i}", start=0, duration=1.0, channel=0, recording=recording, supervisions=[supervision])
+        )
     CutSet.from_cuts(cuts).to_file(path)
 
 
@@ -330,8 +361,20 @@ def test_cli_text_excludes_evaluation_sentences(tmp_path, monkeypatch, capsys):
     write_cuts(tmp_path / "dev.jsonl.gz", [pool[2], pool[5]])
     write_cuts(tmp_path / "test.jsonl.gz", [pool[7], "a sentence that is not in the pool"])
     out = tmp_path / "lm" / "text.txt.gz"
-    assert cli.main(["lm", "text", "--out", str(out), "--exclude-cuts", str(tmp_path / "dev.jsonl.gz"),
-                        str(tmp_path / "test.jsonl.gz")]) == 0
+    assert (
+        cli.main(
+            [
+                "lm",
+                "text",
+                "--out",
+                str(out),
+                "--exclude-cuts",
+                str(tmp_path / "dev.jsonl.gz"),
+                str(tmp_path / "test.jsonl.gz"),
+            ]
+        )
+        == 0
+    )
     with gzip.open(out, "rt") as f:
         lines = f.read().splitlines()
     assert lines == [s for i, s in enumerate(pool) if i not in (2, 5, 7)]
@@ -346,8 +389,12 @@ def test_cli_train_writes_the_model_of_the_tokenized_text(tmp_path, capsys):
     build_char_tokenizer(sentences, lang)
     text = tmp_path / "text.txt"
     text.write_text("\n".join(sentences) + "\n\n")
-    assert cli.main(["lm", "train", "--lang-dir", str(lang), "--text", str(text), "--order", "3",
-                        "--min-counts", "1", "1", "2"]) == 0
+    assert (
+        cli.main(
+            ["lm", "train", "--lang-dir", str(lang), "--text", str(text), "--order", "3", "--min-counts", "1", "1", "2"]
+        )
+        == 0
+    )
     assert "lm_3gram.arpa.gz" in capsys.readouterr().out
     tokenizer = load_tokenizer(lang)
     symbols = [tokenizer.id_to_token(i) for i in range(tokenizer.vocab_size)]
@@ -367,6 +414,5 @@ def test_decode_rejects_lm_with_other_methods(capsys):
     from asr.cli.decode import main as decode_main
 
     with pytest.raises(SystemExit):
-        decode_main(["--checkpoint", "unused.pt", "--cuts", "unused.jsonl.gz", "--method", "greedy",
-                     "--lm", "lm.arpa"])
+        decode_main(["--checkpoint", "unused.pt", "--cuts", "unused.jsonl.gz", "--method", "greedy", "--lm", "lm.arpa"])
     assert "--lm needs --method modified_beam_search" in capsys.readouterr().err

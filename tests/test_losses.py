@@ -424,7 +424,9 @@ def test_prune_ranges_are_valid(rnnt_type, s_range):
     # The pruned loss over these ranges sums a subset of the paths: never below the full loss.
     logits = (am.unsqueeze(2) + lm.unsqueeze(1)).detach()
     am_pruned, lm_pruned = do_rnnt_pruning(am.detach(), lm.detach(), ranges)
-    pruned = rnnt_loss_pruned(am_pruned + lm_pruned, symbols, ranges, 0, boundary, rnnt_type=rnnt_type, reduction="none")
+    pruned = rnnt_loss_pruned(
+        am_pruned + lm_pruned, symbols, ranges, 0, boundary, rnnt_type=rnnt_type, reduction="none"
+    )
     full = rnnt_loss(logits, symbols, 0, boundary, rnnt_type=rnnt_type, reduction="none")
     assert bool(torch.isfinite(pruned).all())
     assert bool((pruned >= full - 1e-9).all())

@@ -21,14 +21,16 @@ def test_padding_mask():
 
 
 def test_limited_context_left1_right2():
-    expected = as_bool([
-        [0, 0, 0, 1, 1, 1],
-        [0, 0, 0, 0, 1, 1],
-        [1, 0, 0, 0, 0, 1],
-        [1, 1, 0, 0, 0, 0],
-        [1, 1, 1, 0, 0, 0],
-        [1, 1, 1, 1, 0, 0],
-    ])
+    expected = as_bool(
+        [
+            [0, 0, 0, 1, 1, 1],
+            [0, 0, 0, 0, 1, 1],
+            [1, 0, 0, 0, 0, 1],
+            [1, 1, 0, 0, 0, 0],
+            [1, 1, 1, 0, 0, 0],
+            [1, 1, 1, 1, 0, 0],
+        ]
+    )
     assert torch.equal(limited_context_mask(6, left=1, right=2), expected)
 
 
@@ -42,26 +44,30 @@ def test_limited_context_causal_and_unlimited():
 
 def test_chunked_with_one_left_chunk():
     # chunks {0,1} {2,3} {4,5} {6}; each sees itself and one chunk to the left.
-    expected = as_bool([
-        [0, 0, 1, 1, 1, 1, 1],
-        [0, 0, 1, 1, 1, 1, 1],
-        [0, 0, 0, 0, 1, 1, 1],
-        [0, 0, 0, 0, 1, 1, 1],
-        [1, 1, 0, 0, 0, 0, 1],
-        [1, 1, 0, 0, 0, 0, 1],
-        [1, 1, 1, 1, 0, 0, 0],
-    ])
+    expected = as_bool(
+        [
+            [0, 0, 1, 1, 1, 1, 1],
+            [0, 0, 1, 1, 1, 1, 1],
+            [0, 0, 0, 0, 1, 1, 1],
+            [0, 0, 0, 0, 1, 1, 1],
+            [1, 1, 0, 0, 0, 0, 1],
+            [1, 1, 0, 0, 0, 0, 1],
+            [1, 1, 1, 1, 0, 0, 0],
+        ]
+    )
     assert torch.equal(chunked_mask(7, chunk_size=2, left_chunks=1), expected)
 
 
 def test_chunked_all_left_and_full():
-    expected = as_bool([
-        [0, 0, 0, 1, 1],
-        [0, 0, 0, 1, 1],
-        [0, 0, 0, 1, 1],
-        [0, 0, 0, 0, 0],
-        [0, 0, 0, 0, 0],
-    ])
+    expected = as_bool(
+        [
+            [0, 0, 0, 1, 1],
+            [0, 0, 0, 1, 1],
+            [0, 0, 0, 1, 1],
+            [0, 0, 0, 0, 0],
+            [0, 0, 0, 0, 0],
+        ]
+    )
     assert torch.equal(chunked_mask(5, chunk_size=3, left_chunks=-1), expected)
     assert not chunked_mask(5, chunk_size=-1).any()
     with pytest.raises(ValueError):
@@ -71,10 +77,12 @@ def test_chunked_all_left_and_full():
 def test_combined_with_padding():
     structural = chunked_mask(4, chunk_size=2, left_chunks=0)
     combined = combine_with_padding(structural, padding_mask(torch.tensor([4, 3])))
-    expected = torch.stack([
-        as_bool([[0, 0, 1, 1], [0, 0, 1, 1], [1, 1, 0, 0], [1, 1, 0, 0]]),
-        as_bool([[0, 0, 1, 1], [0, 0, 1, 1], [1, 1, 0, 1], [1, 1, 0, 1]]),
-    ])
+    expected = torch.stack(
+        [
+            as_bool([[0, 0, 1, 1], [0, 0, 1, 1], [1, 1, 0, 0], [1, 1, 0, 0]]),
+            as_bool([[0, 0, 1, 1], [0, 0, 1, 1], [1, 1, 0, 1], [1, 1, 0, 1]]),
+        ]
+    )
     assert torch.equal(combined, expected)
     limited = combine_with_padding(limited_context_mask(3, 0, 1), padding_mask(torch.tensor([2]), max_len=3))
     assert torch.equal(limited[0], as_bool([[0, 0, 1], [1, 0, 1], [1, 1, 1]]))

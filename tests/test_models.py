@@ -6,11 +6,12 @@ synthetic task come from tests/helpers/.
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
-import pytest
 
 import asr.encoders
+from asr.checkpoint import load_model, read_checkpoint, save_model
 from asr.decoding import greedy_search
 from asr.models import (
     AsrModel,
@@ -20,7 +21,6 @@ from asr.models import (
     pad_tokens,
 )
 from asr.training.losses import combine_losses
-from asr.checkpoint import load_model, read_checkpoint, save_model
 
 from helpers.rnnt_reference import full_lattice_logits, reference_losses, reference_rnnt_log_prob
 from helpers.tiny_models import FEATURES, VOCAB, TinyEncoder, make_task, tiny_model
@@ -44,7 +44,9 @@ def test_decoder_shapes_and_context():
     torch.testing.assert_close(decoder(changed)[:, 2:], out[:, 2:])
     assert not torch.allclose(decoder(changed)[:, :2], out[:, :2])
     # A negative id is "no token": the same as the zero left-padding of training.
-    torch.testing.assert_close(decoder(torch.tensor([[-1, 3]]), need_pad=False)[:, 0], decoder(torch.tensor([[3]]))[:, 0])
+    torch.testing.assert_close(
+        decoder(torch.tensor([[-1, 3]]), need_pad=False)[:, 0], decoder(torch.tensor([[3]]))[:, 0]
+    )
     with pytest.raises(ValueError, match="context_size=2"):
         decoder(tokens[:, :3], need_pad=False)
     unigram = Decoder(vocab_size=7, decoder_dim=16, context_size=1)
@@ -57,7 +59,12 @@ def test_joiner_shapes_and_formula():
     enc, dec = torch.randn(2, 5, 1, 12), torch.randn(2, 1, 4, 16)
     logits = joiner(enc, dec)
     assert logits.shape == (2, 5, 4, 7)
-    hidden = torch.tanh(enc @ joiner.encoder_proj.weight.T + joiner.encoder_proj.bias + dec @ joiner.decoder_proj.weight.T + joiner.decoder_proj.bias)
+    hidden = torch.tanh(
+        enc @ joiner.encoder_proj.weight.T
+        + joiner.encoder_proj.bias
+        + dec @ joiner.decoder_proj.weight.T
+        + joiner.decoder_proj.bias
+    )
     torch.testing.assert_close(logits, hidden @ joiner.output_linear.weight.T + joiner.output_linear.bias)
     projected = joiner(joiner.encoder_proj(enc), joiner.decoder_proj(dec), project_input=False)
     torch.testing.assert_close(projected, logits)

@@ -32,8 +32,7 @@ def test_trajectory_matches_icefall(reference, run_name, caplog):
     assert min(icefall_clips) < 0.1 and any(0.1 < c < 1.0 for c in icefall_clips)
 
     params = {
-        name: torch.nn.Parameter(value.clone())
-        for name, value in zip(run["names"], _split(run["init"], run["shapes"]))
+        name: torch.nn.Parameter(value.clone()) for name, value in zip(run["names"], _split(run["init"], run["shapes"]))
     }
     named = list(params.items())
     if config["groups"]:

@@ -148,10 +148,20 @@ def test_recipe_rejects_unknown_option(tmp_path):
 
 
 def test_missing_or_empty_corpus_and_absent_part(tmp_path, capsys):
-    assert cli.main(["data", "prepare", "librispeech", "--corpus-dir", str(tmp_path / "nope"), "--out-dir", str(tmp_path / "o")]) == 1
+    assert (
+        cli.main(
+            ["data", "prepare", "librispeech", "--corpus-dir", str(tmp_path / "nope"), "--out-dir", str(tmp_path / "o")]
+        )
+        == 1
+    )
     assert f"{tmp_path / 'nope'} does not exist" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
-    assert cli.main(["data", "prepare", "aishell", "--corpus-dir", str(tmp_path / "empty"), "--out-dir", str(tmp_path / "o")]) == 1
+    assert (
+        cli.main(
+            ["data", "prepare", "aishell", "--corpus-dir", str(tmp_path / "empty"), "--out-dir", str(tmp_path / "o")]
+        )
+        == 1
+    )
     assert f"{tmp_path / 'empty'} is empty" in capsys.readouterr().err
 
     write_tone(tmp_path / "LibriSpeech" / "dev-clean" / "1" / "2" / "1-2-0000.flac", 0.2)
@@ -186,7 +196,9 @@ def test_aishell_needs_all_parts_and_transcript(tmp_path, capsys):
 
 def test_download_failure_is_a_clear_error(tmp_path, capsys):
     # Port 9 on localhost refuses at once: the failure path without touching the network.
-    code = cli.main(["data", "prepare", "download", "aishell", "--dl-dir", str(tmp_path), "--mirror", "http://127.0.0.1:9"])
+    code = cli.main(
+        ["data", "prepare", "download", "aishell", "--dl-dir", str(tmp_path), "--mirror", "http://127.0.0.1:9"]
+    )
     err = capsys.readouterr().err
     assert code == 1 and "could not download aishell" in err and "openslr.org/33" in err
     assert "Traceback" not in err

@@ -23,9 +23,12 @@ from helpers import corpora
 # (under 1 s) are too short for their transcripts, and training drops a cut whose tokens outnumber the
 # encoder's output frames.
 LIBRISPEECH = {
-    part: {chapter: [(utt, text, 3 * seconds + 0.5) for utt, text, seconds in utts] for chapter, utts in chapters.items()}
+    part: {
+        chapter: [(utt, text, 3 * seconds + 0.5) for utt, text, seconds in utts] for chapter, utts in chapters.items()
+    }
     for part, chapters in {
-        **corpora.LIBRISPEECH, "test-clean": {"1089-134686": [("0000", "HE HOPED THERE WOULD BE STEW FOR DINNER", 0.8)]}
+        **corpora.LIBRISPEECH,
+        "test-clean": {"1089-134686": [("0000", "HE HOPED THERE WOULD BE STEW FOR DINNER", 0.8)]},
     }.items()
 }
 # AISHELL's training part also gets the dev/test sentence: the character table is built from the
@@ -56,9 +59,22 @@ def librispeech(tmp_path_factory) -> Path:
     corpora.make_librispeech(root / "download", LIBRISPEECH)
     corpora.make_musan(root / "download")
     run = recipe(
-        "librispeech", "prepare.sh", "--stage", "1", "--dl-dir", str(root / "download"), "--data-dir",
-        str(root / "data"), "--parts", " ".join(LIBRISPEECH), "--vocab-sizes", "40", "--speed-perturb", "false",
-        "--nj", "1",
+        "librispeech",
+        "prepare.sh",
+        "--stage",
+        "1",
+        "--dl-dir",
+        str(root / "download"),
+        "--data-dir",
+        str(root / "data"),
+        "--parts",
+        " ".join(LIBRISPEECH),
+        "--vocab-sizes",
+        "40",
+        "--speed-perturb",
+        "false",
+        "--nj",
+        "1",
     )
     assert run.returncode == 0, run.stderr
     return root / "data"
@@ -69,8 +85,18 @@ def aishell(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("aishell")
     corpora.make_aishell(root / "download", AISHELL)
     run = recipe(
-        "aishell", "prepare.sh", "--stage", "1", "--dl-dir", str(root / "download"), "--data-dir",
-        str(root / "data"), "--speed-perturb", "false", "--nj", "1",
+        "aishell",
+        "prepare.sh",
+        "--stage",
+        "1",
+        "--dl-dir",
+        str(root / "download"),
+        "--data-dir",
+        str(root / "data"),
+        "--speed-perturb",
+        "false",
+        "--nj",
+        "1",
     )
     assert run.returncode == 0, run.stderr
     return root / "data"
@@ -89,9 +115,7 @@ def check_decode_results(stdout: str, results_dir: Path, cuts: dict[str, Path], 
         hyps_file, errs_file = results_dir / part / "hyps.txt", results_dir / part / "errs.txt"
         assert hyps_file.is_file() and errs_file.is_file()
         refs = cut_texts(cuts_path)
-        hyps = dict(
-            (line.split("\t") + [""])[:2] for line in hyps_file.read_text(encoding="utf-8").splitlines()
-        )
+        hyps = dict((line.split("\t") + [""])[:2] for line in hyps_file.read_text(encoding="utf-8").splitlines())
         assert sorted(hyps) == sorted(refs)
         assert (results_dir / part / "refs.txt").read_text(encoding="utf-8") == "".join(
             f"{k}\t{v}\n" for k, v in refs.items()
@@ -105,7 +129,8 @@ def check_decode_results(stdout: str, results_dir: Path, cuts: dict[str, Path], 
 
         stats = [kaldialign.edit_distance(units(refs[k]), units(hyps[k])) for k in refs]
         expected = (
-            sum(s["total"] for s in stats), sum(len(units(t)) for t in refs.values()),
+            sum(s["total"] for s in stats),
+            sum(len(units(t)) for t in refs.values()),
             *(sum(s[kind] for s in stats) for kind in ("ins", "del", "sub")),
         )
         assert tuple(int(line.group(i)) for i in range(3, 8)) == expected
@@ -115,8 +140,17 @@ def test_librispeech_train_and_decode(librispeech, tmp_path):
     exp = tmp_path / "exp"
     common = ("--data-dir", str(librispeech), "--exp-dir", str(exp))
     train = recipe(
-        "librispeech", "train.sh", *common, "--lang-dir", str(librispeech / "lang_bpe_40"), *TINY_TRAIN,
-        "--train-parts", "train-clean-100", "--valid-parts", "dev-clean test-clean", *TRAIN_PASS_THROUGH,
+        "librispeech",
+        "train.sh",
+        *common,
+        "--lang-dir",
+        str(librispeech / "lang_bpe_40"),
+        *TINY_TRAIN,
+        "--train-parts",
+        "train-clean-100",
+        "--valid-parts",
+        "dev-clean test-clean",
+        *TRAIN_PASS_THROUGH,
     )
     assert train.returncode == 0, train.stderr
     assert "mixing MUSAN noise" in train.stdout and "finished: epoch 2" in train.stdout
@@ -131,13 +165,17 @@ def test_librispeech_train_and_decode(librispeech, tmp_path):
     ]
     for epoch in (1, 2):
         saved = torch.load(exp / f"epoch-{epoch}.pt", map_location="cpu", weights_only=False)
-        assert saved["config"]["encoder"] == "zipformer-xs" and saved["config"]["noise_cuts"].endswith("musan_cuts.jsonl.gz")
+        assert saved["config"]["encoder"] == "zipformer-xs" and saved["config"]["noise_cuts"].endswith(
+            "musan_cuts.jsonl.gz"
+        )
         assert saved["config"]["lr_epochs"] == 3.5 and saved["state"]["batch_idx_train"] > 0  # preset librispeech
         assert saved["config"]["average_period"] == 1 and saved["config"]["max_minutes"] == 3  # passed through
 
     # --epoch 2 --avg 1 with the averaged model: asr decode --average-from epoch-1.pt
     sets = {part: fbank / f"librispeech_cuts_{part}.jsonl.gz" for part in ("dev-clean", "test-clean")}
-    decode = recipe("librispeech", "decode.sh", *common, "--epoch", "2", "--avg", "1", "--test-sets", "dev-clean test-clean")
+    decode = recipe(
+        "librispeech", "decode.sh", *common, "--epoch", "2", "--avg", "1", "--test-sets", "dev-clean test-clean"
+    )
     assert decode.returncode == 0, decode.stderr
     assert "WER per test set: greedy_search, epoch 2, avg 1, averaged model" in decode.stdout
     check_decode_results(decode.stdout, exp / "decode-greedy_search", sets, chars=False)
@@ -203,8 +241,18 @@ def test_missing_inputs_are_named(corpus, tmp_path):
     assert run.returncode != 0 and f"missing {exp}/epoch-2.pt" in run.stderr
     run = recipe(corpus, "decode.sh", "--data-dir", str(data), "--exp-dir", str(exp), "--epoch", "3", "--avg", "3")
     assert run.returncode != 0 and "--avg must be below --epoch" in run.stderr
-    run = recipe(corpus, "decode.sh", "--data-dir", str(data), "--exp-dir", str(exp), "--checkpoint",
-                 str(exp / "epoch-3.pt"), "--test-sets", "nope")
+    run = recipe(
+        corpus,
+        "decode.sh",
+        "--data-dir",
+        str(data),
+        "--exp-dir",
+        str(exp),
+        "--checkpoint",
+        str(exp / "epoch-3.pt"),
+        "--test-sets",
+        "nope",
+    )
     assert run.returncode != 0 and f"missing {data}/fbank/{corpus}_cuts_nope.jsonl.gz" in run.stderr
     run = recipe(corpus, "decode.sh", "--exp-dir", str(exp), "--method", "beam")
     assert run.returncode != 0 and "unknown --method 'beam'" in run.stderr
@@ -219,9 +267,27 @@ def test_librispeech_causal_two_processes_chunked_decode(librispeech, tmp_path):
     exp = tmp_path / "exp"
     common = ("--data-dir", str(librispeech), "--exp-dir", str(exp))
     train = recipe(
-        "librispeech", "train.sh", *common, "--lang-dir", str(librispeech / "lang_bpe_40"), *TINY_TRAIN,
-        "--train-parts", "train-clean-100", "--valid-parts", "dev-clean", "--causal", "true", "--world-size", "2",
-        "--musan", "false", "--", "--num-workers", "0", "--device", "cpu",
+        "librispeech",
+        "train.sh",
+        *common,
+        "--lang-dir",
+        str(librispeech / "lang_bpe_40"),
+        *TINY_TRAIN,
+        "--train-parts",
+        "train-clean-100",
+        "--valid-parts",
+        "dev-clean",
+        "--causal",
+        "true",
+        "--world-size",
+        "2",
+        "--musan",
+        "false",
+        "--",
+        "--num-workers",
+        "0",
+        "--device",
+        "cpu",
     )
     assert train.returncode == 0, train.stderr
     assert "2 process(es)" in train.stdout
@@ -232,9 +298,25 @@ def test_librispeech_causal_two_processes_chunked_decode(librispeech, tmp_path):
     # --use-averaged-model false --avg 2: the mean of epoch-1.pt and epoch-2.pt (asr average writes a model file)
     sets = {"test-clean": librispeech / "fbank" / "librispeech_cuts_test-clean.jsonl.gz"}
     decode = recipe(
-        "librispeech", "decode.sh", *common, "--epoch", "2", "--avg", "2", "--use-averaged-model", "false",
-        "--method", "modified_beam_search", "--beam-size", "2", "--chunk-size", "16", "--left-context-frames", "64",
-        "--test-sets", "test-clean",
+        "librispeech",
+        "decode.sh",
+        *common,
+        "--epoch",
+        "2",
+        "--avg",
+        "2",
+        "--use-averaged-model",
+        "false",
+        "--method",
+        "modified_beam_search",
+        "--beam-size",
+        "2",
+        "--chunk-size",
+        "16",
+        "--left-context-frames",
+        "64",
+        "--test-sets",
+        "test-clean",
     )
     assert decode.returncode == 0, decode.stderr
     assert "--chunk-size 16 --left-context-frames 64" in decode.stdout
@@ -245,8 +327,17 @@ def test_librispeech_causal_two_processes_chunked_decode(librispeech, tmp_path):
     check_decode_results(decode.stdout, exp / "decode-modified_beam_search-chunk-16-left-64", sets, False)
 
     # --checkpoint DIR: the directory's newest checkpoint
-    decode = recipe("librispeech", "decode.sh", *common, "--checkpoint", str(exp), "--method", "ctc_greedy_search",
-                    "--test-sets", "test-clean")
+    decode = recipe(
+        "librispeech",
+        "decode.sh",
+        *common,
+        "--checkpoint",
+        str(exp),
+        "--method",
+        "ctc_greedy_search",
+        "--test-sets",
+        "test-clean",
+    )
     assert decode.returncode == 0, decode.stderr
     assert f"WER per test set: ctc_greedy_search, checkpoint {exp}" in decode.stdout
     check_decode_results(decode.stdout, exp / "decode-ctc_greedy_search", sets, False)

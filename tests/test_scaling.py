@@ -37,8 +37,27 @@ SWOOSH = {  # name: (shift, offset, quantised-backward function, plain forward, 
     "L": (4.0, 0.035, swoosh_l, swoosh_l_forward, SwooshL),
     "R": (1.0, 0.313261687, swoosh_r, swoosh_r_forward, SwooshR),
 }
-POINTS = [-1.0e4, -1000.0, -100.0, -80.0, -20.0, -5.0, -1.0, -0.3, 0.0, 0.5, 1.0, 2.0,
-          4.0, 7.5, 20.0, 80.0, 100.0, 1000.0, 1.0e4]
+POINTS = [
+    -1.0e4,
+    -1000.0,
+    -100.0,
+    -80.0,
+    -20.0,
+    -5.0,
+    -1.0,
+    -0.3,
+    0.0,
+    0.5,
+    1.0,
+    2.0,
+    4.0,
+    7.5,
+    20.0,
+    80.0,
+    100.0,
+    1000.0,
+    1.0e4,
+]
 
 
 @pytest.fixture(autouse=True)
@@ -69,9 +88,13 @@ def test_swoosh_matches_closed_form_float64(name):
         if xi - shift < 700:
             assert ei == pytest.approx(math.log1p(math.exp(xi - shift)) - 0.08 * xi - offset, rel=1e-12, abs=1e-12)
     xt = torch.tensor(x, dtype=torch.float64)
-    for y in (fwd(xt), module()(xt), fn(xt.clone().requires_grad_(True)).detach(),
-              module()(xt.clone().requires_grad_(True)).detach(),
-              module(quantised_grad=True)(xt.clone().requires_grad_(True)).detach()):
+    for y in (
+        fwd(xt),
+        module()(xt),
+        fn(xt.clone().requires_grad_(True)).detach(),
+        module()(xt.clone().requires_grad_(True)).detach(),
+        module(quantised_grad=True)(xt.clone().requires_grad_(True)).detach(),
+    ):
         assert y.dtype == torch.float64
         np.testing.assert_allclose(y.numpy(), expected, rtol=1e-12, atol=1e-12)
 
@@ -322,9 +345,14 @@ def _balancer_grads(x, y_grad, **kwargs):
 
 def test_balancer_sign_constraint_pushes_mean_toward_range():
     n = 2000
-    x = torch.stack([torch.rand(n) + 0.5,          # channel 0: always positive
-                     -(torch.rand(n) + 0.5),       # channel 1: always negative
-                     torch.randn(n)], dim=1)       # channel 2: balanced
+    x = torch.stack(
+        [
+            torch.rand(n) + 0.5,  # channel 0: always positive
+            -(torch.rand(n) + 0.5),  # channel 1: always negative
+            torch.randn(n),
+        ],
+        dim=1,
+    )  # channel 2: balanced
     y_grad = torch.sign(torch.randn(n, 3))
     grad, _ = _balancer_grads(x, y_grad, min_positive=0.05, max_positive=0.95, min_abs=0.0, grad_scale=0.04)
     delta = grad - y_grad
@@ -401,7 +429,7 @@ def test_whiten_metric_is_one_for_white_data_and_brute_force():
     x = torch.randn(50, 6, dtype=torch.float64)
     covs = []
     for g in range(2):
-        xg = x[:, 3 * g: 3 * g + 3]
+        xg = x[:, 3 * g : 3 * g + 3]
         xg = xg - xg.mean(dim=0)
         covs.append(xg.T @ xg)
     num = sum(torch.trace(c @ c) for c in covs) / 6
@@ -431,8 +459,11 @@ def test_whiten_no_change_below_limit_and_in_eval():
 @pytest.mark.parametrize("activation", ["SwooshL", "SwooshR"])
 @pytest.mark.parametrize("bias", [True, False])
 def test_activation_dropout_and_linear_eval_equals_composition(activation, bias):
-    m = ActivationDropoutAndLinear(12, 7, bias=bias, activation=activation, dropout_p=0.3,
-                                   initial_scale=0.5).double().eval()
+    m = (
+        ActivationDropoutAndLinear(12, 7, bias=bias, activation=activation, dropout_p=0.3, initial_scale=0.5)
+        .double()
+        .eval()
+    )
     ref_linear = torch.nn.Linear(12, 7, bias=bias).double()
     with torch.no_grad():
         ref_linear.weight.copy_(m.weight)
@@ -456,8 +487,11 @@ def test_activation_dropout_and_linear_eval_equals_composition(activation, bias)
 @pytest.mark.parametrize("shared_dim", [0, None])
 def test_activation_dropout_and_linear_training_dropout(shared_dim):
     p = 0.25
-    m = ActivationDropoutAndLinear(6, 4, activation="SwooshL", dropout_p=p,
-                                   dropout_shared_dim=shared_dim).double().train()
+    m = (
+        ActivationDropoutAndLinear(6, 4, activation="SwooshL", dropout_p=p, dropout_shared_dim=shared_dim)
+        .double()
+        .train()
+    )
     x1 = torch.randn(9, 2, 6, dtype=torch.float64, requires_grad=True)
     x2 = x1.detach().clone().requires_grad_(True)
     torch.manual_seed(3)
@@ -479,7 +513,7 @@ def test_activation_dropout_and_linear_gradcheck_and_saved_memory():
     b = torch.randn(4, dtype=torch.float64, requires_grad=True)
     x = (3 * torch.randn(5, 6, dtype=torch.float64)).requires_grad_(True)
     for act in ("SwooshL", "SwooshR"):
-        fn = lambda x, w, b: scaling._ActivationDropoutAndLinearFunction.apply(x, w, b, act, 0.0, None)  # noqa: E731
+        fn = lambda x, w, b: scaling._ActivationDropoutAndLinearFunction.apply(x, w, b, act, 0.0, None)  # noqa: E731, B023
         assert torch.autograd.gradcheck(fn, (x, w, b))
     # Only the input and the parameters are stored, never the activation output.
     m = ActivationDropoutAndLinear(32, 8)
@@ -642,7 +676,7 @@ def test_chunk_causal_conv_causal_and_streaming(chunk):
     cache = torch.zeros(1, 3, 2, dtype=torch.float64)
     pieces = []
     for i in range(3):
-        out, cache = m.streaming_forward(x[..., i * chunk:(i + 1) * chunk], cache)
+        out, cache = m.streaming_forward(x[..., i * chunk : (i + 1) * chunk], cache)
         pieces.append(out)
     torch.testing.assert_close(torch.cat(pieces, dim=-1), y, rtol=1e-12, atol=1e-12)
 
@@ -682,8 +716,9 @@ def test_compact_rel_positional_encoding_grows_and_has_no_state():
     assert m.pe.shape == (7, 8)
     out = m(torch.zeros(30, 1, 8, dtype=torch.float64))
     assert out.shape == (1, 59, 8) and out.dtype == torch.float64
-    np.testing.assert_allclose(out[0].numpy(), compact_rel_pe_reference(np.arange(-29, 30), 8, 1.0),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        out[0].numpy(), compact_rel_pe_reference(np.arange(-29, 30), 8, 1.0), rtol=1e-5, atol=1e-6
+    )
     assert list(m.state_dict()) == []
     with pytest.raises(ValueError):
         CompactRelPositionalEncoding(7, dropout_rate=0.0)

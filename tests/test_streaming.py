@@ -1,6 +1,5 @@
 """Simulated streaming: chunk-by-chunk encoding of whole, padded batches."""
 
-
 import pytest
 import torch
 
@@ -12,7 +11,10 @@ from asr.streaming.simulate import LOG_EPS
 def tiny_causal(chunk_size: int, left_context_frames: int):
     torch.manual_seed(0)
     return build_encoder(
-        "zipformer-xs", causal=True, chunk_size=chunk_size, left_context_frames=left_context_frames,
+        "zipformer-xs",
+        causal=True,
+        chunk_size=chunk_size,
+        left_context_frames=left_context_frames,
         num_encoder_layers=(1, 1, 1, 1, 1, 1),
     ).eval()
 
@@ -63,11 +65,14 @@ FULL_CONTEXT_BY_HAND = {
 }
 
 
-@pytest.mark.parametrize("encoder_name, kwargs", [
-    ("zipformer-xs", {"num_encoder_layers": (1, 1, 1, 1, 1, 1), "chunk_size": 16, "left_context_frames": 64}),
-    ("conformer-xs", {"num_layers": 2, "chunk_size": 4, "left_context_frames": 8}),
-    ("transformer-transducer-small", {"num_layers": 2}),
-])
+@pytest.mark.parametrize(
+    "encoder_name, kwargs",
+    [
+        ("zipformer-xs", {"num_encoder_layers": (1, 1, 1, 1, 1, 1), "chunk_size": 16, "left_context_frames": 64}),
+        ("conformer-xs", {"num_layers": 2, "chunk_size": 4, "left_context_frames": 8}),
+        ("transformer-transducer-small", {"num_layers": 2}),
+    ],
+)
 def test_decode_without_chunk_size_runs_a_causal_model_with_full_context(encoder_name, kwargs):
     """`asr decode` without --chunk-size: a causal model attends to everything (equal to the same weights
     built non-causal where the architecture is then identical), and its streaming settings survive."""

@@ -30,9 +30,26 @@ def _texts(path: Path) -> dict[str, str]:
 def test_synth_recipe_end_to_end(tmp_path):
     data, exp = tmp_path / "data", tmp_path / "exp"
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", OMP_NUM_THREADS="1")
-    args = ["--num-utts", "40", "--data-dir", str(data), "--exp-dir", str(exp), "--vocab-size", "60",
-            "--num-epochs", "1", "--train-minutes", "2", "--nj", "1", "--lr-epochs", "0.25",
-            "--speed-perturb", "one-of"]
+    args = [
+        "--num-utts",
+        "40",
+        "--data-dir",
+        str(data),
+        "--exp-dir",
+        str(exp),
+        "--vocab-size",
+        "60",
+        "--num-epochs",
+        "1",
+        "--train-minutes",
+        "2",
+        "--nj",
+        "1",
+        "--lr-epochs",
+        "0.25",
+        "--speed-perturb",
+        "one-of",
+    ]
     run = subprocess.run(["bash", str(REPO / "recipes/synth/run.sh"), *args], capture_output=True, text=True, env=env)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
 
@@ -49,7 +66,9 @@ def test_synth_recipe_end_to_end(tmp_path):
     assert sorted(i.rsplit("_sp", 1)[0] for i in train_ids) == spoken_ids
     assert any(i.endswith("_sp0.9") for i in train_ids) and any(i.endswith("_sp1.1") for i in train_ids)
     assert any(i in spoken_ids for i in train_ids)
-    assert sorted(_texts(data / "fbank" / "synth_cuts_test.jsonl.gz")) == sorted(_texts(data / "synth_cuts_test.jsonl.gz"))
+    assert sorted(_texts(data / "fbank" / "synth_cuts_test.jsonl.gz")) == sorted(
+        _texts(data / "synth_cuts_test.jsonl.gz")
+    )
     assert (data / "fbank" / ".train.done").read_text().strip() == "one-of"
 
     # --lr-epochs reached the trainer (the preset's value is 2).
@@ -79,20 +98,32 @@ def test_synth_recipe_end_to_end(tmp_path):
 
     # Stage 4 again with the lexicon penalty: the lexicon is the train transcripts' words and the LM text
     # (--word-list "" leaves out the system word list), the results go to their own directory.
-    lex = subprocess.run(["bash", str(REPO / "recipes/synth/run.sh"), *args, "--stage", "4", "--oov-penalty", "5",
-                          "--word-list", ""], capture_output=True, text=True, env=env)
+    lex = subprocess.run(
+        ["bash", str(REPO / "recipes/synth/run.sh"), *args, "--stage", "4", "--oov-penalty", "5", "--word-list", ""],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert lex.returncode == 0, lex.stdout[-3000:] + lex.stderr[-3000:]
     assert f"--lexicon {data}/lang_bpe_60/transcript_words.txt --lexicon {data}/lm_text.txt.gz" in lex.stdout
     assert sorted(m.group(1) for m in map(WER_LINE.search, lex.stdout.splitlines()) if m) == ["dev", "test"]
     for split in ("dev", "test"):
         assert (exp / "decode-modified_beam_search-lm-lex-5-avg-500" / split / "hyps.txt").is_file()
-    greedy = subprocess.run(["bash", str(REPO / "recipes/synth/run.sh"), *args, "--stage", "4", "--method", "greedy",
-                             "--oov-penalty", "5"], capture_output=True, text=True, env=env)
+    greedy = subprocess.run(
+        ["bash", str(REPO / "recipes/synth/run.sh"), *args, "--stage", "4", "--method", "greedy", "--oov-penalty", "5"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert greedy.returncode != 0 and "--oov-penalty needs --method modified_beam_search" in greedy.stderr
 
     # --lm-min-count 1 keeps every n-gram, in a file of its own beside the default (pruned) one.
-    unpruned = subprocess.run(["bash", str(REPO / "recipes/synth/run.sh"), *args, "--stage", "2", "--stop-stage", "2",
-                               "--lm-min-count", "1"], capture_output=True, text=True, env=env)
+    unpruned = subprocess.run(
+        ["bash", str(REPO / "recipes/synth/run.sh"), *args, "--stage", "2", "--stop-stage", "2", "--lm-min-count", "1"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert unpruned.returncode == 0, unpruned.stdout[-3000:] + unpruned.stderr[-3000:]
 
     def ngram_counts(path: Path) -> list[int]:
@@ -101,4 +132,6 @@ def test_synth_recipe_end_to_end(tmp_path):
 
     pruned_counts = ngram_counts(data / "lang_bpe_60" / "lm_4gram.arpa.gz")
     full_counts = ngram_counts(data / "lang_bpe_60" / "lm_4gram_min1.arpa.gz")
-    assert full_counts[:2] == pruned_counts[:2] and full_counts[2] > pruned_counts[2] and full_counts[3] > pruned_counts[3]
+    assert (
+        full_counts[:2] == pruned_counts[:2] and full_counts[2] > pruned_counts[2] and full_counts[3] > pruned_counts[3]
+    )

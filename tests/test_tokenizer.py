@@ -75,9 +75,17 @@ def test_icefall_trained_model_loads(tmp_path):
     text = tmp_path / "transcript_words.txt"
     text.write_text("\n".join(english_sentences()) + "\n", encoding="utf-8")
     spm.SentencePieceTrainer.train(
-        input=str(text), vocab_size=50, model_type="unigram", model_prefix=str(tmp_path / "unigram_50"),
-        input_sentence_size=100000000, character_coverage=1.0,
-        user_defined_symbols=["<blk>", "<sos/eos>"], unk_id=2, bos_id=-1, eos_id=-1, minloglevel=2,
+        input=str(text),
+        vocab_size=50,
+        model_type="unigram",
+        model_prefix=str(tmp_path / "unigram_50"),
+        input_sentence_size=100000000,
+        character_coverage=1.0,
+        user_defined_symbols=["<blk>", "<sos/eos>"],
+        unk_id=2,
+        bos_id=-1,
+        eos_id=-1,
+        minloglevel=2,
     )
     tok = BpeTokenizer(tmp_path / "unigram_50.model")
     sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "unigram_50.model"))
@@ -138,7 +146,9 @@ def cuts_with_texts(texts: list[str]) -> CutSet:
     for i, text in enumerate(texts):
         recording = Recording(id=f"r{i}", sources=[], sampling_rate=16000, num_samples=16000, duration=1.0)
         supervision = SupervisionSegment(id=f"s{i}", recording_id=f"r{i}", start=0, duration=1.0, text=text)
-        cuts.append(MonoCut(id=f"c{i}", start=0, duration=1.0, channel=0, recording=recording, supervisions=[supervision]))
+        cuts.append(
+            MonoCut(id=f"c{i}", start=0, duration=1.0, channel=0, recording=recording, supervisions=[supervision])
+        )
     return CutSet.from_cuts(cuts)
 
 
@@ -146,7 +156,22 @@ def test_cli_bpe_from_cuts(tmp_path):
     sentences = english_sentences(300)
     cuts_with_texts(sentences).to_file(tmp_path / "cuts.jsonl.gz")
     lang = tmp_path / "lang_bpe_50"
-    assert cli.main(["data", "tokenizer", "bpe", "--cuts", str(tmp_path / "cuts.jsonl.gz"), "--vocab-size", "50", "--out-dir", str(lang)]) == 0
+    assert (
+        cli.main(
+            [
+                "data",
+                "tokenizer",
+                "bpe",
+                "--cuts",
+                str(tmp_path / "cuts.jsonl.gz"),
+                "--vocab-size",
+                "50",
+                "--out-dir",
+                str(lang),
+            ]
+        )
+        == 0
+    )
     assert (lang / "transcript_words.txt").read_text(encoding="utf-8").splitlines() == sentences
     assert len(read_tokens(lang / "tokens.txt")) == 50
     tok = load_tokenizer(lang)
@@ -167,7 +192,12 @@ def test_cli_bpe_vocab_too_large_is_a_clear_error(tmp_path, caplog):
     text = tmp_path / "t.txt"
     text.write_text("A B C\n", encoding="utf-8")
     caplog.set_level(logging.ERROR)
-    assert cli.main(["data", "tokenizer", "bpe", "--text", str(text), "--vocab-size", "500", "--out-dir", str(tmp_path / "l")]) == 1
+    assert (
+        cli.main(
+            ["data", "tokenizer", "bpe", "--text", str(text), "--vocab-size", "500", "--out-dir", str(tmp_path / "l")]
+        )
+        == 1
+    )
     assert "Vocabulary size too high (500)" in caplog.text and "t.txt" in caplog.text
 
 

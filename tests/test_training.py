@@ -28,11 +28,32 @@ def asr_command(*args: str) -> list[str]:
 def train_argv(corpus: dict[str, Path], exp_dir: Path, *extra: str) -> list[str]:
     """``asr train`` arguments: one epoch of a one-layer-per-stack Zipformer, a checkpoint every 2 batches."""
     return [
-        "train", "--preset", "synth-cpu",
-        "--train-cuts", str(corpus["train"]), "--lang-dir", str(corpus["lang"]), "--exp-dir", str(exp_dir),
-        "--encoder-kwargs", '{"num_encoder_layers": [1, 1, 1, 1, 1, 1]}',
-        "--max-duration", "12", "--num-epochs", "1", "--num-workers", "0", "--save-every-n", "2",
-        "--keep-last-k", "100", "--average-period", "1", "--log-interval", "1", *extra,
+        "train",
+        "--preset",
+        "synth-cpu",
+        "--train-cuts",
+        str(corpus["train"]),
+        "--lang-dir",
+        str(corpus["lang"]),
+        "--exp-dir",
+        str(exp_dir),
+        "--encoder-kwargs",
+        '{"num_encoder_layers": [1, 1, 1, 1, 1, 1]}',
+        "--max-duration",
+        "12",
+        "--num-epochs",
+        "1",
+        "--num-workers",
+        "0",
+        "--save-every-n",
+        "2",
+        "--keep-last-k",
+        "100",
+        "--average-period",
+        "1",
+        "--log-interval",
+        "1",
+        *extra,
     ]
 
 
@@ -50,7 +71,10 @@ def test_killed_run_resumes_at_the_same_step_and_matches_an_uninterrupted_run(co
     # Kill (SIGKILL, no chance to clean up) right after the second batch checkpoint is written.
     killed = subprocess.run(
         [sys.executable, str(HELPERS / "kill_after_checkpoint.py"), "checkpoint-4.pt", *train_argv(corpus, killed_dir)],
-        env=ENV, capture_output=True, text=True, timeout=240,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert killed.returncode == -signal.SIGKILL, "training ended before it could be killed: " + killed.stderr[-3000:]
     assert not (killed_dir / "epoch-1.pt").exists()
@@ -90,7 +114,9 @@ def test_decode_files_and_cuts_with_a_trained_checkpoint(corpus, tmp_path):
     corrupt.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
     result = subprocess.run(
         asr_command("decode", "--checkpoint", str(exp_dir / "epoch-1.pt"), str(wav), str(flac_8k), str(corrupt)),
-        env=ENV, capture_output=True, text=True,
+        env=ENV,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 1
     lines = dict(line.split("\t", 1) for line in result.stdout.splitlines())
@@ -100,9 +126,21 @@ def test_decode_files_and_cuts_with_a_trained_checkpoint(corpus, tmp_path):
 
     results_dir = tmp_path / "results"
     result = subprocess.run(
-        asr_command("decode", "--checkpoint", str(exp_dir / "epoch-1.pt"), "--cuts", str(corpus["test"]),
-                    "--out-dir", str(results_dir), "--method", "ctc_greedy"),
-        env=ENV, capture_output=True, text=True, check=True,
+        asr_command(
+            "decode",
+            "--checkpoint",
+            str(exp_dir / "epoch-1.pt"),
+            "--cuts",
+            str(corpus["test"]),
+            "--out-dir",
+            str(results_dir),
+            "--method",
+            "ctc_greedy",
+        ),
+        env=ENV,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert result.stdout.splitlines()[-1].startswith("WER ")
     hyps = (results_dir / "hyps.txt").read_text().splitlines()
@@ -123,26 +161,48 @@ def test_asr_average_is_the_elementwise_mean_and_decodes(corpus, tmp_path):
         if value.is_floating_point():
             torch.testing.assert_close(value, (a[key].double() + b[key].double()).div(2).to(value.dtype))
     result = subprocess.run(
-        asr_command("decode", "--checkpoint", str(out), "--cuts", str(corpus["test"]), "--out-dir",
-                    str(tmp_path / "r")),
-        env=ENV, capture_output=True, text=True, check=True,
+        asr_command(
+            "decode", "--checkpoint", str(out), "--cuts", str(corpus["test"]), "--out-dir", str(tmp_path / "r")
+        ),
+        env=ENV,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert result.stdout.splitlines()[-1].startswith("WER ")
 
     # tools/training_curve.py scores each checkpoint as `asr decode` does, and places it in time.
-    spec = importlib.util.spec_from_file_location("training_curve", Path(__file__).parents[1] / "tools" /
-                                                  "training_curve.py")
+    spec = importlib.util.spec_from_file_location(
+        "training_curve", Path(__file__).parents[1] / "tools" / "training_curve.py"
+    )
     curve = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(curve)
     curve_json = tmp_path / "curve.json"
     batch = int(second.stem.split("-")[1])
-    assert curve.main(["--exp-dir", str(exp_dir), "--cuts", str(corpus["test"]), "--batches", str(batch),
-                       "--json", str(curve_json)]) == 0
+    assert (
+        curve.main(
+            [
+                "--exp-dir",
+                str(exp_dir),
+                "--cuts",
+                str(corpus["test"]),
+                "--batches",
+                str(batch),
+                "--json",
+                str(curve_json),
+            ]
+        )
+        == 0
+    )
     (row,) = json.loads(curve_json.read_text())["rows"]
     decoded = subprocess.run(
-        asr_command("decode", "--checkpoint", str(second), "--cuts", str(corpus["test"]), "--out-dir",
-                    str(tmp_path / "r2")),
-        env=ENV, capture_output=True, text=True, check=True,
+        asr_command(
+            "decode", "--checkpoint", str(second), "--cuts", str(corpus["test"]), "--out-dir", str(tmp_path / "r2")
+        ),
+        env=ENV,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.splitlines()[-1]
     assert decoded.startswith(f"WER {100 * row['wer']:.2f}% [{row['errors']} / {row['words']},")
     assert row["batch"] == batch and row["epoch"] == 1
@@ -150,8 +210,10 @@ def test_asr_average_is_the_elementwise_mean_and_decodes(corpus, tmp_path):
     assert row["minutes"] == round((second.stat().st_mtime - started) / 60, 1) >= 0
     # --epochs places epoch-<n>.pt by the batch stored in it.
     (epoch_path,) = ckpt.epoch_checkpoints(exp_dir)
-    assert curve.main(["--exp-dir", str(exp_dir), "--cuts", str(corpus["test"]), "--epochs",
-                       "--json", str(curve_json)]) == 0
+    assert (
+        curve.main(["--exp-dir", str(exp_dir), "--cuts", str(corpus["test"]), "--epochs", "--json", str(curve_json)])
+        == 0
+    )
     (row,) = json.loads(curve_json.read_text())["rows"]
     state = ckpt.load(epoch_path)["state"]
     assert row["batch"] == state["batch_idx_train"] > batch and row["epoch"] == state["epoch"]
@@ -185,11 +247,25 @@ def char_lang(tmp_path) -> Path:
 def _train(tmp_path: Path, lang: Path, train_cuts: Path, *extra: str) -> int:
     from asr.cli.train import main
 
-    return main([
-        "--train-cuts", str(train_cuts), "--lang-dir", str(lang), "--exp-dir", str(tmp_path / "exp"),
-        "--encoder-kwargs", '{"num_encoder_layers": [1, 1, 1, 1, 1, 1]}', "--num-epochs", "1",
-        "--num-workers", "0", "--device", "cpu", *extra,
-    ])
+    return main(
+        [
+            "--train-cuts",
+            str(train_cuts),
+            "--lang-dir",
+            str(lang),
+            "--exp-dir",
+            str(tmp_path / "exp"),
+            "--encoder-kwargs",
+            '{"num_encoder_layers": [1, 1, 1, 1, 1, 1]}',
+            "--num-epochs",
+            "1",
+            "--num-workers",
+            "0",
+            "--device",
+            "cpu",
+            *extra,
+        ]
+    )
 
 
 # A zipformer keeps ((T - 7) // 2 + 1) // 2 frames of T fbank frames: 0.05 s (5 frames) leaves none,
@@ -220,9 +296,21 @@ def test_average_batches_decodes_the_mean_of_the_models_of_the_last_batches(corp
             torch.testing.assert_close(value.double(), expected, rtol=1e-5, atol=1e-6)
 
     result = subprocess.run(
-        asr_command("decode", "--checkpoint", str(exp_dir), "--average-batches", "3", "--cuts", str(corpus["test"]),
-                    "--out-dir", str(tmp_path / "r")),
-        env=ENV, capture_output=True, text=True, check=True,
+        asr_command(
+            "decode",
+            "--checkpoint",
+            str(exp_dir),
+            "--average-batches",
+            "3",
+            "--cuts",
+            str(corpus["test"]),
+            "--out-dir",
+            str(tmp_path / "r"),
+        ),
+        env=ENV,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert f"averaged over batches {end_batch - 2}-{end_batch}" in result.stderr
     assert result.stdout.splitlines()[-1].startswith("WER ")
@@ -232,7 +320,10 @@ def test_average_batches_decodes_the_mean_of_the_models_of_the_last_batches(corp
         torch.testing.assert_close(value, ckpt.load(batches[0])["model"][key])
     failed = subprocess.run(
         asr_command("decode", "--checkpoint", str(batches[0]), "--average-batches", "0", "--cuts", str(corpus["test"])),
-        env=ENV, capture_output=True, text=True, check=False,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert failed.returncode != 0
     assert "--average-batches must be positive" in failed.stderr and "Traceback" not in failed.stderr
@@ -242,8 +333,10 @@ def test_training_cuts_that_all_get_filtered_are_an_error_naming_the_file_and_re
     train_cuts = _write_cuts(tmp_path / "train.jsonl.gz", UNUSABLE)
     assert _train(tmp_path, char_lang, train_cuts) == 1
     err = capsys.readouterr().err
-    assert f"asr train: no usable training cuts in {train_cuts}: kept 0 of 4 cuts: 2 too short, " \
-           "1 too many tokens, 1 unknown symbols." in err
+    assert (
+        f"asr train: no usable training cuts in {train_cuts}: kept 0 of 4 cuts: 2 too short, "
+        "1 too many tokens, 1 unknown symbols." in err
+    )
     assert "under 9 fbank frames, 0.09 s" in err and str(char_lang / "tokens.txt") in err
     assert not list((tmp_path / "exp").glob("*.pt"))
 
@@ -268,7 +361,7 @@ def test_non_finite_gradients_names_exactly_the_bad_parameters(dtype):
     params = dict(model.named_parameters())
 
     def set_grads(values: dict[str, float]) -> list[str]:
-        for name, p in params.items():
+        for p in params.values():
             p.grad = torch.randn_like(p)
         model[1].bias.grad = None  # parameters without a gradient are ignored
         for name, value in values.items():
@@ -348,16 +441,41 @@ def test_make_gpu_data_subsets_features_and_slims_the_checkpoint(corpus, tmp_pat
     exp_dir, recipe_dir, out = tmp_path / "exp", tmp_path / "recipe", tmp_path / "gpu"
     subprocess.run(train_args(corpus, exp_dir), check=True, env=ENV, capture_output=True)
     for split in ("train", "test"):
-        subprocess.run(asr_command("data", "fbank", "--cuts", str(corpus[split]), "--out",
-                                   str(recipe_dir / "fbank" / f"synth_cuts_{split}.jsonl.gz")),
-                       check=True, env=ENV, capture_output=True)
-    spec = importlib.util.spec_from_file_location("make_gpu_data", Path(__file__).parents[1] / "tools" /
-                                                  "make_gpu_data.py")
+        subprocess.run(
+            asr_command(
+                "data",
+                "fbank",
+                "--cuts",
+                str(corpus[split]),
+                "--out",
+                str(recipe_dir / "fbank" / f"synth_cuts_{split}.jsonl.gz"),
+            ),
+            check=True,
+            env=ENV,
+            capture_output=True,
+        )
+    spec = importlib.util.spec_from_file_location(
+        "make_gpu_data", Path(__file__).parents[1] / "tools" / "make_gpu_data.py"
+    )
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     checkpoint = exp_dir / "epoch-1.pt"
-    assert tool.main([str(recipe_dir), str(checkpoint), str(out), "--train", "5", "--test", "100",
-                      "--lang-dir", str(corpus["lang"])]) == 0
+    assert (
+        tool.main(
+            [
+                str(recipe_dir),
+                str(checkpoint),
+                str(out),
+                "--train",
+                "5",
+                "--test",
+                "100",
+                "--lang-dir",
+                str(corpus["lang"]),
+            ]
+        )
+        == 0
+    )
 
     for split, expected in (("train", 5), ("test", len(load_manifest(corpus["test"])))):
         source = list(load_manifest(recipe_dir / "fbank" / f"synth_cuts_{split}.jsonl.gz"))[:expected]
@@ -372,8 +490,19 @@ def test_make_gpu_data_subsets_features_and_slims_the_checkpoint(corpus, tmp_pat
     assert set(slim) <= set(tool.DECODE_KEYS) and "optimizer" not in slim and "model_avg" not in slim
     decoded = {}
     for name, path in (("full", checkpoint), ("slim", out / "model.pt")):
-        subprocess.run(asr_command("decode", "--checkpoint", str(path), "--cuts",
-                                   str(out / "data" / "cuts_test.jsonl.gz"), "--out-dir", str(tmp_path / name)),
-                       env=ENV, check=True, capture_output=True)
+        subprocess.run(
+            asr_command(
+                "decode",
+                "--checkpoint",
+                str(path),
+                "--cuts",
+                str(out / "data" / "cuts_test.jsonl.gz"),
+                "--out-dir",
+                str(tmp_path / name),
+            ),
+            env=ENV,
+            check=True,
+            capture_output=True,
+        )
         decoded[name] = (tmp_path / name / "hyps.txt").read_text()
     assert decoded["slim"] == decoded["full"] and decoded["full"].strip()

@@ -32,9 +32,25 @@ def trained(corpus, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("trained")
     exp_dir = root / "exp"
     run_asr(
-        "train", "--preset", "synth-cpu", "--train-cuts", str(corpus["train"]), "--lang-dir", str(corpus["lang"]),
-        "--exp-dir", str(exp_dir), "--encoder-kwargs", '{"num_encoder_layers": [1, 1, 1, 1, 1, 1]}',
-        "--max-duration", "12", "--num-epochs", "1", "--num-workers", "0", "--save-every-n", "2",
+        "train",
+        "--preset",
+        "synth-cpu",
+        "--train-cuts",
+        str(corpus["train"]),
+        "--lang-dir",
+        str(corpus["lang"]),
+        "--exp-dir",
+        str(exp_dir),
+        "--encoder-kwargs",
+        '{"num_encoder_layers": [1, 1, 1, 1, 1, 1]}',
+        "--max-duration",
+        "12",
+        "--num-epochs",
+        "1",
+        "--num-workers",
+        "0",
+        "--save-every-n",
+        "2",
     )
     # A few batches teach the model to say nothing; noise on the weights makes every text non-empty, so that
     # equal texts below mean equal models, not two empty outputs.

@@ -106,7 +106,10 @@ def test_wer_by_group_matches_scoring_each_group_alone():
         alone = compute_wer({u: refs[u] for u in ids}, {u: hyps[u] for u in ids})
         assert [u.id for u in group.utterances] == ids
         assert (group.ref_words, group.insertions, group.deletions, group.substitutions) == (
-            alone.ref_words, alone.insertions, alone.deletions, alone.substitutions
+            alone.ref_words,
+            alone.insertions,
+            alone.deletions,
+            alone.substitutions,
         )
         errors = sum(levenshtein(refs[u].split(), hyps[u].split()) for u in ids)
         assert group.errors == errors

@@ -90,11 +90,16 @@ def test_build_encoder_names_and_errors():
 def test_submodule_names_follow_icefall():
     keys = set(_tiny().state_dict())
     for key in [
-        "encoder_embed.conv.0.weight", "encoder_embed.conv.4.weight", "encoder_embed.conv.7.weight",
-        "encoder_embed.convnext.pointwise_conv2.weight", "encoder_embed.out.weight", "encoder_embed.out_norm.log_scale",
+        "encoder_embed.conv.0.weight",
+        "encoder_embed.conv.4.weight",
+        "encoder_embed.conv.7.weight",
+        "encoder_embed.convnext.pointwise_conv2.weight",
+        "encoder_embed.out.weight",
+        "encoder_embed.out_norm.log_scale",
         "encoder.encoders.0.layers.0.self_attn_weights.in_proj.weight",
         "encoder.encoders.0.layers.1.nonlin_attention.out_proj.bias",
-        "encoder.encoders.1.downsample.bias", "encoder.encoders.1.out_combiner.bypass_scale",
+        "encoder.encoders.1.downsample.bias",
+        "encoder.encoders.1.out_combiner.bypass_scale",
         "encoder.encoders.1.encoder.layers.0.conv_module2.depthwise_conv.weight",
         "encoder.encoders.3.encoder.layers.0.feed_forward3.out_proj.weight",
         "encoder.encoders.5.encoder.layers.0.bypass_mid.bypass_scale",
@@ -183,8 +188,9 @@ def test_causal_training_draws_chunking_per_batch_and_eval_uses_attributes():
 def test_state_dict_round_trip(tmp_path):
     model = _tiny(causal=True)
     torch.save(model.state_dict(), tmp_path / "enc.pt")
-    fresh = build_encoder("zipformer-small", causal=True, **torch.load(DATA / "zipformer_icefall_tiny_io.pt",
-                                                                     weights_only=True)["config"]).eval()
+    fresh = build_encoder(
+        "zipformer-small", causal=True, **torch.load(DATA / "zipformer_icefall_tiny_io.pt", weights_only=True)["config"]
+    ).eval()
     fresh.load_state_dict(torch.load(tmp_path / "enc.pt", weights_only=True), strict=True)
     x, lengths = torch.randn(2, 77, 80), torch.tensor([77, 60])
     with torch.no_grad():
@@ -214,8 +220,7 @@ def _stream(model: ZipformerEncoder, x: torch.Tensor) -> torch.Tensor:
     [(16, 32, 6, True), (32, 64, 3, True), (16, 64, 5, True), (16, 32, 6, False), (32, 64, 3, False)],
 )
 def test_streaming_equals_masked_full_forward(chunk_size, left_context_frames, num_chunks, convnext):
-    model = _tiny(causal=True, chunk_size=chunk_size, left_context_frames=left_context_frames,
-                  embed_convnext=convnext)
+    model = _tiny(causal=True, chunk_size=chunk_size, left_context_frames=left_context_frames, embed_convnext=convnext)
     # The front end looks 7 feature frames ahead, plus 6 for the ConvNeXt's 3 frames at 50 Hz.
     assert model.streaming_feature_frames == 2 * chunk_size + (13 if convnext else 7)
     x = torch.randn(2, 2 * chunk_size * num_chunks + 13, 80)
@@ -258,7 +263,12 @@ def test_icefall_fixture_offline(fixture_io):
     converted = _converted(fixture_io, "zipformer_icefall_tiny.pt", causal=False)
     assert converted.build_config["encoder_name"] == "zipformer-small" and converted.build_config["causal"] is False
     assert sorted({k.split(".")[0] for k in converted.state_dict() if not k.startswith("encoder.")}) == [
-        "ctc_output", "decoder", "joiner", "simple_am_proj", "simple_lm_proj"]
+        "ctc_output",
+        "decoder",
+        "joiner",
+        "simple_am_proj",
+        "simple_lm_proj",
+    ]
     model = converted.encoder
     x = fixture_io["offline_x"]
     with torch.no_grad():
@@ -286,10 +296,19 @@ def test_icefall_fixture_causal_masked_and_streaming(fixture_io):
 def test_convert_rejects_wrong_causality(tmp_path, fixture_io, capsys):
     from asr.cli.convert import icefall
 
-    overrides = [f"--set={k}={','.join(map(str, v)) if isinstance(v, tuple) else v}"
-                 for k, v in fixture_io["config"].items()]
-    code = icefall([str(DATA / "zipformer_icefall_tiny_causal.pt"), "--out", str(tmp_path / "o.pt"),
-                    "--encoder", "zipformer-small", *overrides])
+    overrides = [
+        f"--set={k}={','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in fixture_io["config"].items()
+    ]
+    code = icefall(
+        [
+            str(DATA / "zipformer_icefall_tiny_causal.pt"),
+            "--out",
+            str(tmp_path / "o.pt"),
+            "--encoder",
+            "zipformer-small",
+            *overrides,
+        ]
+    )
     assert code == 1
     assert "add --causal" in capsys.readouterr().err
     assert not (tmp_path / "o.pt").exists()

@@ -55,8 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     lang_dir = args.lang_dir or args.recipe_dir / "lang_bpe_256"
-    sources = {"train": args.recipe_dir / "fbank/synth_cuts_train.jsonl.gz",
-               "test": args.recipe_dir / "fbank/synth_cuts_test.jsonl.gz"}
+    sources = {
+        "train": args.recipe_dir / "fbank/synth_cuts_train.jsonl.gz",
+        "test": args.recipe_dir / "fbank/synth_cuts_test.jsonl.gz",
+    }
     needed = [*sources.values(), args.checkpoint, *(lang_dir / f for f in LANG_FILES)]
     absent = [str(p) for p in needed if not p.is_file()]
     if absent:

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import torch
 
+from asr import checkpoint as ckpt
 from asr.checkpoint import load_model
 from asr.inference.offline import LmFusion, decode, utterances_from_cuts
 from asr.lm import NgramLM
-from asr import checkpoint as ckpt
 from asr.wer import compute_wer
 
 
@@ -47,16 +47,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cuts", required=True)
     parser.add_argument("--batches", type=int, nargs="*", default=None, help="checkpoints to decode (batch numbers)")
     parser.add_argument("--every", type=int, default=None, help="decode every checkpoint whose batch is a multiple")
-    parser.add_argument("--epochs", action="store_true",
-                        help="decode the epoch-<n>.pt checkpoints instead (they outlive --keep-last-k)")
+    parser.add_argument(
+        "--epochs", action="store_true", help="decode the epoch-<n>.pt checkpoints instead (they outlive --keep-last-k)"
+    )
     parser.add_argument("--method", default="greedy")
     parser.add_argument("--beam", type=int, default=4)
     parser.add_argument("--lm", default=None, help="ARPA token LM for shallow fusion (modified_beam_search)")
     parser.add_argument("--lm-scale", type=float, default=0.5)
     parser.add_argument("--lm-bonus", type=float, default=1.5)
-    parser.add_argument("--average-batches", type=int, default=None,
-                        help="decode each checkpoint's model averaged over about this many batches before it "
-                             "(asr decode --average-batches); checkpoints with none earlier are left out")
+    parser.add_argument(
+        "--average-batches",
+        type=int,
+        default=None,
+        help="decode each checkpoint's model averaged over about this many batches before it "
+        "(asr decode --average-batches); checkpoints with none earlier are left out",
+    )
     parser.add_argument("--num-threads", type=int, default=None)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -99,19 +104,46 @@ def main(argv: list[str] | None = None) -> int:
             lm = NgramLM.load_arpa(args.lm, [tokenizer.id_to_token(i) for i in range(tokenizer.vocab_size)])
         fusion = LmFusion(lm, args.lm_scale, bonus=args.lm_bonus) if lm is not None else None
         errors: list[str] = []
-        result = decode(model, tokenizer, utterances_from_cuts(args.cuts, errors), method=args.method,
-                        beam=args.beam, errors=errors, fusion=fusion)
+        result = decode(
+            model,
+            tokenizer,
+            utterances_from_cuts(args.cuts, errors),
+            method=args.method,
+            beam=args.beam,
+            errors=errors,
+            fusion=fusion,
+        )
         wer = compute_wer(result.references, result.hypotheses)
         minutes = (path.stat().st_mtime - start) / 60
-        rows.append({"batch": batch, "epoch": epoch, "minutes": round(minutes, 1), "wer": wer.wer,
-                     "errors": wer.errors, "words": wer.ref_words})
+        rows.append(
+            {
+                "batch": batch,
+                "epoch": epoch,
+                "minutes": round(minutes, 1),
+                "wer": wer.wer,
+                "errors": wer.errors,
+                "words": wer.ref_words,
+            }
+        )
         print(f"{batch:>6} {epoch:>5} {minutes:>7.1f}  {wer.summary_line()}", flush=True)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"exp_dir": str(args.exp_dir), "cuts": args.cuts, "method": args.method,
-                                         "beam": args.beam, "lm": args.lm, "lm_scale": args.lm_scale,
-                                         "lm_bonus": args.lm_bonus, "average_batches": args.average_batches,
-                                         "rows": rows}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "exp_dir": str(args.exp_dir),
+                    "cuts": args.cuts,
+                    "method": args.method,
+                    "beam": args.beam,
+                    "lm": args.lm,
+                    "lm_scale": args.lm_scale,
+                    "lm_bonus": args.lm_bonus,
+                    "average_batches": args.average_batches,
+                    "rows": rows,
+                },
+                indent=2,
+            )
+        )
     return 0
 
 

@@ -31,8 +31,9 @@ def make_parser(
     """An argparse parser for ``asr <prog>`` with the logging options every command takes. A command with
     subcommands passes ``logging_options=False`` and adds them to each subcommand's parser instead, so
     that they go after the subcommand's name like its other options."""
-    parser = argparse.ArgumentParser(prog=f"asr {prog}", description=description, formatter_class=HelpFormatter,
-                                     **kwargs)
+    parser = argparse.ArgumentParser(
+        prog=f"asr {prog}", description=description, formatter_class=HelpFormatter, **kwargs
+    )
     if logging_options:
         add_logging_options(parser)
     return parser

@@ -41,22 +41,41 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("input", type=Path, metavar="IN", help="icefall checkpoint (.pt)")
     parser.add_argument("--out", type=Path, required=True, help="model file to write")
-    parser.add_argument("--encoder", required=True, metavar="NAME",
-                        help="the encoder preset IN was trained as, e.g. zipformer-medium")
+    parser.add_argument(
+        "--encoder", required=True, metavar="NAME", help="the encoder preset IN was trained as, e.g. zipformer-medium"
+    )
     parser.add_argument("--causal", action="store_true", help="IN is a streaming (causal) model")
-    parser.add_argument("--set", dest="overrides", type=parse_override, action="append", default=[],
-                        metavar="KEY=V[,V..]",
-                        help="a preset field IN was trained with, e.g. num_encoder_layers=2,2,2,2,2,2 "
-                             "(icefall's --num-encoder-layers); repeat for more")
-    parser.add_argument("--lang-dir", type=Path, default=None, metavar="L",
-                        help="the tokenizer (bpe.model or tokens.txt) to store in OUT; without it `asr decode` "
-                             "needs --lang-dir")
-    parser.add_argument("--ignore", action="append", default=[], metavar="PREFIX",
-                        help="drop IN's entries under PREFIX (e.g. attention_decoder, or ctc_output to keep only "
-                             "the transducer); repeat for more")
-    parser.add_argument("--trust-pickle", action="store_true",
-                        help="allow pickled Python objects in IN (icefall's training checkpoints hold some); "
-                             "unpickling runs code from the file")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        type=parse_override,
+        action="append",
+        default=[],
+        metavar="KEY=V[,V..]",
+        help="a preset field IN was trained with, e.g. num_encoder_layers=2,2,2,2,2,2 "
+        "(icefall's --num-encoder-layers); repeat for more",
+    )
+    parser.add_argument(
+        "--lang-dir",
+        type=Path,
+        default=None,
+        metavar="L",
+        help="the tokenizer (bpe.model or tokens.txt) to store in OUT; without it `asr decode` needs --lang-dir",
+    )
+    parser.add_argument(
+        "--ignore",
+        action="append",
+        default=[],
+        metavar="PREFIX",
+        help="drop IN's entries under PREFIX (e.g. attention_decoder, or ctc_output to keep only "
+        "the transducer); repeat for more",
+    )
+    parser.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow pickled Python objects in IN (icefall's training checkpoints hold some); "
+        "unpickling runs code from the file",
+    )
     return parser
 
 
@@ -77,10 +96,15 @@ def icefall(argv: list[str] | None = None) -> int:
         return 1
     save_model(args.out, model, extra=extra)
     num_params = sum(p.numel() for p in model.parameters())
-    tokenizer = (f"tokenizer from {args.lang_dir}" if args.lang_dir is not None
-                 else "no tokenizer stored: decode with `asr decode --lang-dir L`")
-    print(f"wrote {args.out}: {args.encoder} (causal={args.causal}), heads {'+'.join(model.heads)}, "
-          f"vocab {model.vocab_size}, {num_params:,} parameters; {tokenizer}")
+    tokenizer = (
+        f"tokenizer from {args.lang_dir}"
+        if args.lang_dir is not None
+        else "no tokenizer stored: decode with `asr decode --lang-dir L`"
+    )
+    print(
+        f"wrote {args.out}: {args.encoder} (causal={args.causal}), heads {'+'.join(model.heads)}, "
+        f"vocab {model.vocab_size}, {num_params:,} parameters; {tokenizer}"
+    )
     return 0
 
 
@@ -94,6 +118,8 @@ def _tokenizer(lang_dir: Path, vocab_size: int) -> dict[str, bytes]:
         raise ValueError(f"--lang-dir {lang_dir}: no such directory")
     tokenizer = load_tokenizer(lang_dir)
     if tokenizer.vocab_size != vocab_size:
-        raise ValueError(f"--lang-dir {lang_dir}: the tokenizer has {tokenizer.vocab_size} symbols but the "
-                         f"checkpoint's vocabulary has {vocab_size}")
+        raise ValueError(
+            f"--lang-dir {lang_dir}: the tokenizer has {tokenizer.vocab_size} symbols but the "
+            f"checkpoint's vocabulary has {vocab_size}"
+        )
     return tokenizer_files(lang_dir)

@@ -75,7 +75,8 @@ def _prepare_parser() -> argparse.ArgumentParser:
     from asr.data.prepare import CORPUS_PARTS
 
     parser = make_parser(
-        "data prepare", "Make lhotse manifests (recordings, supervisions, cuts) of a corpus, or download it.",
+        "data prepare",
+        "Make lhotse manifests (recordings, supervisions, cuts) of a corpus, or download it.",
         logging_options=False,
     )
     sub = parser.add_subparsers(dest="action", required=True, metavar="{librispeech,aishell,musan,download}")
@@ -136,13 +137,23 @@ def fbank(argv: list[str] | None = None) -> int:
     from asr.data.features import SPEED_PERTURB_MODES
 
     parser = make_parser("data fbank", "Compute 80-dim log-mel fbank for a CutSet and store it (lilcom chunks).")
-    parser.add_argument("--cuts", type=Path, required=True, help="input CutSet, e.g. data/manifests/x_cuts_train.jsonl.gz")
+    parser.add_argument(
+        "--cuts", type=Path, required=True, help="input CutSet, e.g. data/manifests/x_cuts_train.jsonl.gz"
+    )
     parser.add_argument("--out", type=Path, required=True, help="output CutSet with features attached (.jsonl.gz)")
-    parser.add_argument("--storage-dir", type=Path, default=None,
-                        help="where the feature files go (default: next to --out, named after it)")
+    parser.add_argument(
+        "--storage-dir",
+        type=Path,
+        default=None,
+        help="where the feature files go (default: next to --out, named after it)",
+    )
     parser.add_argument("--num-workers", type=int, default=1, help="parallel processes")
     parser.add_argument(
-        "--speed-perturb", nargs="?", const="copies", default="off", choices=SPEED_PERTURB_MODES,
+        "--speed-perturb",
+        nargs="?",
+        const="copies",
+        default="off",
+        choices=SPEED_PERTURB_MODES,
         help="'copies' (the default when given alone): add 0.9x and 1.1x copies, 3x the data; 'one-of': "
         "each cut at one of 0.9x/1x/1.1x, the same cuts and hours (drawn with --seed)",
     )
@@ -163,7 +174,10 @@ def fbank(argv: list[str] | None = None) -> int:
     storage_dir = args.storage_dir if args.storage_dir is not None else default_storage_dir(args.out)
     storage_dir.mkdir(parents=True, exist_ok=True)
     with_feats = compute_and_store_fbank(
-        cuts, storage_dir / "feats", num_workers=args.num_workers, speed_perturb=args.speed_perturb,
+        cuts,
+        storage_dir / "feats",
+        num_workers=args.num_workers,
+        speed_perturb=args.speed_perturb,
         seed=args.seed,
     )
     if len(with_feats) == 0:
@@ -189,8 +203,12 @@ def tokenizer(argv: list[str] | None = None) -> int:
         source.add_argument("--cuts", type=Path, help="a CutSet whose supervision texts are the transcripts")
         sub.add_argument("--out-dir", type=Path, required=True, help="the lang dir to write")
     bpe.add_argument("--vocab-size", type=int, required=True)
-    bpe.add_argument("--model-type", choices=["unigram", "bpe"], default="unigram",
-                     help="sentencepiece algorithm (unigram is what icefall's lang_bpe dirs use)")
+    bpe.add_argument(
+        "--model-type",
+        choices=["unigram", "bpe"],
+        default="unigram",
+        help="sentencepiece algorithm (unigram is what icefall's lang_bpe dirs use)",
+    )
     args = parse(parser, argv)
     from asr.data.tokenizer import SPECIAL_SYMBOLS, build_char_tokenizer, cut_texts, train_bpe
     from asr.textio import read_lines
@@ -225,5 +243,10 @@ def tokenizer(argv: list[str] | None = None) -> int:
     except ValueError as error:
         log.error("transcripts from %s: %s", source_path, error)
         return 1
-    log.info("wrote %s and tokens.txt: %d tokens from %d sentences", args.out_dir / "bpe.model", tokenizer.vocab_size, num_lines)
+    log.info(
+        "wrote %s and tokens.txt: %d tokens from %d sentences",
+        args.out_dir / "bpe.model",
+        tokenizer.vocab_size,
+        num_lines,
+    )
     return 0

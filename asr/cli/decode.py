@@ -31,56 +31,111 @@ log = logging.getLogger("asr.decode")
 
 def build_parser():
     parser = make_parser("decode", __doc__.split("\n\n")[0].split(": ", 1)[1])
-    parser.add_argument("--checkpoint", required=True,
-                        help="training or model checkpoint, or an experiment dir (its newest checkpoint)")
+    parser.add_argument(
+        "--checkpoint", required=True, help="training or model checkpoint, or an experiment dir (its newest checkpoint)"
+    )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--cuts", help="a CutSet (jsonl.gz) with reference texts")
     source.add_argument("audio", nargs="*", default=[], help="audio files")
     parser.add_argument("--method", choices=METHODS, default="greedy")
     parser.add_argument("--beam", type=int, default=4)
-    parser.add_argument("--chunk-size", type=int, default=None,
-                        help="decode a causal model chunk by chunk; chunk in the encoder's frames: 50 Hz for the "
-                             "Zipformer (32 = 640 ms), 25 Hz for the Conformer and Transformer")
-    parser.add_argument("--left-context-frames", type=int, default=None,
-                        help="with --chunk-size: the left context, in the same frames (default: the model's)")
+    parser.add_argument(
+        "--chunk-size",
+        type=int,
+        default=None,
+        help="decode a causal model chunk by chunk; chunk in the encoder's frames: 50 Hz for the "
+        "Zipformer (32 = 640 ms), 25 Hz for the Conformer and Transformer",
+    )
+    parser.add_argument(
+        "--left-context-frames",
+        type=int,
+        default=None,
+        help="with --chunk-size: the left context, in the same frames (default: the model's)",
+    )
     parser.add_argument("--lang-dir", default=None, help="tokenizer dir (default: the one in the checkpoint)")
-    parser.add_argument("--out-dir", default=None,
-                        help="with --cuts: where hyps.txt, refs.txt and errs.txt go "
-                             "(default: decode-METHOD beside the checkpoint)")
-    parser.add_argument("--chars", action=argparse.BooleanOptionalAction, default=None,
-                        help="with --cuts: score characters (CER) or words (WER); "
-                             "default: characters when the model's tokenizer is a character table")
-    parser.add_argument("--average-from", default=None,
-                        help="an earlier checkpoint of the same run: decode the model averaged since then")
-    parser.add_argument("--average-batches", type=int, default=None,
-                        help="decode the model averaged over about the last N batches of the run: averages "
-                             "from the checkpoint in the same directory nearest to N batches back")
-    parser.add_argument("--lm", default=None,
-                        help="an ARPA n-gram LM over the model's tokens (asr lm train) for shallow fusion; "
-                             "modified_beam_search only")
-    parser.add_argument("--lm-scale", type=float, default=0.5,
-                        help="weight of the LM log-probability (default: best on the synth dev set)")
-    parser.add_argument("--lm-final", action=argparse.BooleanOptionalAction, default=True,
-                        help="add the LM's end-of-sentence probability before picking the best hypothesis")
-    parser.add_argument("--lm-bonus", type=float, default=1.5,
-                        help="with --lm: reward per emitted token, against the deletions LM fusion causes "
-                             "(default: best on the synth dev set)")
-    parser.add_argument("--lexicon", action="append", default=None, metavar="FILE",
-                        help="a word list or text (.gz read as gzip; case matched to the tokens; repeat for "
-                             "more): modified beam search subtracts --oov-penalty per hypothesis word not in them")
-    parser.add_argument("--oov-penalty", type=float, default=DEFAULT_OOV_PENALTY,
-                        help="with --lexicon: score penalty per unknown word (default: best on the synth dev set; retune elsewhere)")
-    parser.add_argument("--word-lm", default=None,
-                        help="an ARPA n-gram LM over words (asr lm train --words), fused at word ends; needs --lexicon")
-    parser.add_argument("--word-lm-scale", type=float, default=DEFAULT_WORD_LM_SCALE,
-                        help="weight of the word LM's log-probability (default: tried on the synth dev set)")
-    parser.add_argument("--word-bonus", type=float, default=DEFAULT_WORD_BONUS,
-                        help="with --word-lm: reward per word, against the deletions the word LM causes "
-                             "(default: tried on the synth dev set)")
+    parser.add_argument(
+        "--out-dir",
+        default=None,
+        help="with --cuts: where hyps.txt, refs.txt and errs.txt go (default: decode-METHOD beside the checkpoint)",
+    )
+    parser.add_argument(
+        "--chars",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="with --cuts: score characters (CER) or words (WER); "
+        "default: characters when the model's tokenizer is a character table",
+    )
+    parser.add_argument(
+        "--average-from",
+        default=None,
+        help="an earlier checkpoint of the same run: decode the model averaged since then",
+    )
+    parser.add_argument(
+        "--average-batches",
+        type=int,
+        default=None,
+        help="decode the model averaged over about the last N batches of the run: averages "
+        "from the checkpoint in the same directory nearest to N batches back",
+    )
+    parser.add_argument(
+        "--lm",
+        default=None,
+        help="an ARPA n-gram LM over the model's tokens (asr lm train) for shallow fusion; modified_beam_search only",
+    )
+    parser.add_argument(
+        "--lm-scale",
+        type=float,
+        default=0.5,
+        help="weight of the LM log-probability (default: best on the synth dev set)",
+    )
+    parser.add_argument(
+        "--lm-final",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="add the LM's end-of-sentence probability before picking the best hypothesis",
+    )
+    parser.add_argument(
+        "--lm-bonus",
+        type=float,
+        default=1.5,
+        help="with --lm: reward per emitted token, against the deletions LM fusion causes "
+        "(default: best on the synth dev set)",
+    )
+    parser.add_argument(
+        "--lexicon",
+        action="append",
+        default=None,
+        metavar="FILE",
+        help="a word list or text (.gz read as gzip; case matched to the tokens; repeat for "
+        "more): modified beam search subtracts --oov-penalty per hypothesis word not in them",
+    )
+    parser.add_argument(
+        "--oov-penalty",
+        type=float,
+        default=DEFAULT_OOV_PENALTY,
+        help="with --lexicon: score penalty per unknown word (default: best on the synth dev set; retune elsewhere)",
+    )
+    parser.add_argument(
+        "--word-lm",
+        default=None,
+        help="an ARPA n-gram LM over words (asr lm train --words), fused at word ends; needs --lexicon",
+    )
+    parser.add_argument(
+        "--word-lm-scale",
+        type=float,
+        default=DEFAULT_WORD_LM_SCALE,
+        help="weight of the word LM's log-probability (default: tried on the synth dev set)",
+    )
+    parser.add_argument(
+        "--word-bonus",
+        type=float,
+        default=DEFAULT_WORD_BONUS,
+        help="with --word-lm: reward per word, against the deletions the word LM causes "
+        "(default: tried on the synth dev set)",
+    )
     parser.add_argument("--max-frames", type=int, default=30000, help="fbank frames (10 ms) per padded batch")
     parser.add_argument("--num-threads", type=int, default=None, help="CPU threads (default: torch's)")
-    parser.add_argument("--device", default="cpu",
-                        help="cpu, cuda, cuda:N, or auto (the GPU when there is one)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, or auto (the GPU when there is one)")
     return parser
 
 
@@ -161,8 +216,17 @@ def main(argv: list[str] | None = None) -> int:
     errors: list[str] = []
     utterances = utterances_from_cuts(args.cuts, errors) if args.cuts else utterances_from_files(args.audio, errors)
     result = decode(
-        model, tokenizer, utterances, args.method, args.beam, args.chunk_size, args.left_context_frames,
-        args.max_frames, errors, on_result=lambda uid, text: print(f"{uid}\t{text}", flush=True), fusion=fusion,
+        model,
+        tokenizer,
+        utterances,
+        args.method,
+        args.beam,
+        args.chunk_size,
+        args.left_context_frames,
+        args.max_frames,
+        errors,
+        on_result=lambda uid, text: print(f"{uid}\t{text}", flush=True),
+        fusion=fusion,
         words=words,
     )
     print(

@@ -18,8 +18,13 @@ from asr.cli.common import make_parser, parse
 def text(argv: list[str] | None = None) -> int:
     parser = make_parser("lm text", "Write the LM text: the corpus's sentence pool minus the evaluation sentences.")
     parser.add_argument("--out", type=Path, required=True, help="output text, one sentence a line (.gz to compress)")
-    parser.add_argument("--exclude-cuts", type=Path, nargs="+", required=True,
-                        help="cut sets (dev/test) whose supervision texts must not be in the LM text")
+    parser.add_argument(
+        "--exclude-cuts",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="cut sets (dev/test) whose supervision texts must not be in the LM text",
+    )
     parser.add_argument("--language", choices=["en", "cmn"], default="en")
     args = parse(parser, argv)
     from asr.lm.text import write_lm_text
@@ -37,15 +42,24 @@ def train(argv: list[str] | None = None) -> int:
 
     parser = make_parser("lm train", "Train an n-gram LM (interpolated modified Kneser-Ney) and write it as ARPA.")
     parser.add_argument("--lang-dir", type=Path, default=None, help="the tokenizer's lang dir (not with --words)")
-    parser.add_argument("--words", action="store_true",
-                        help="a model over the text's words (for asr decode --word-lm), not the tokenizer's ids")
+    parser.add_argument(
+        "--words",
+        action="store_true",
+        help="a model over the text's words (for asr decode --word-lm), not the tokenizer's ids",
+    )
     parser.add_argument("--text", type=Path, required=True, help="one sentence a line (.gz read too)")
     parser.add_argument("--order", type=int, default=4)
-    parser.add_argument("--min-counts", type=int, nargs="+", default=None,
-                        help="per order, the raw count an n-gram needs to be kept (non-decreasing, first 1); "
-                             f"default: 1 for uni- and bigrams, {DEFAULT_MIN_COUNT} above")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="ARPA file (default: LANG/lm_{N}gram.arpa.gz; required with --words)")
+    parser.add_argument(
+        "--min-counts",
+        type=int,
+        nargs="+",
+        default=None,
+        help="per order, the raw count an n-gram needs to be kept (non-decreasing, first 1); "
+        f"default: 1 for uni- and bigrams, {DEFAULT_MIN_COUNT} above",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="ARPA file (default: LANG/lm_{N}gram.arpa.gz; required with --words)"
+    )
     args = parse(parser, argv)
     from asr.lm.text import default_min_counts, train_lm, train_word_lm
 

@@ -34,9 +34,9 @@ HELP = {
     "valid_cuts": "validation CutSet, scored after each epoch",
     "max_duration": "seconds of audio per batch, per process",
     "ref_duration": "icefall's batch-count normalisation: the model's schedules count batches as if each held "
-                    "this many seconds of audio",
+    "this many seconds of audio",
     "schedule_speedup": "the model's regularisation schedules advance this many times faster than icefall's "
-                        "batch count",
+    "batch count",
     "warm_step": "batches of the warm-up of the loss weights",
     "amp": "auto (bf16 where the GPU has it, else fp16; off on CPU), bf16, fp16 or off",
     "max_minutes": "stop, after a checkpoint, when this much wall-clock time is spent",
@@ -45,7 +45,7 @@ HELP = {
     "encoder_kwargs": "JSON object of encoder config overrides",
     "noise_cuts": "CutSet of noise to mix into training cuts",
     "on_the_fly_feats": "compute fbank from audio for cuts without stored features (--no-on-the-fly-feats: "
-                        "every cut must have them)",
+    "every cut must have them)",
     "encoder": "encoder preset (zipformer-xs, conformer-small, ...)",
     "causal": "train a streaming model (random chunk size and left context per batch)",
     "lr_batches": "Eden's batch constant",
@@ -126,8 +126,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"asr train: {e}", file=sys.stderr)
         return 1
     if state.epoch <= config.num_epochs:  # the time budget ran out first
-        print(f"stopped in epoch {state.epoch} (time budget), {state.batch_idx_train} batches, "
-              f"{state.skipped_batches} skipped")
+        print(
+            f"stopped in epoch {state.epoch} (time budget), {state.batch_idx_train} batches, "
+            f"{state.skipped_batches} skipped"
+        )
     else:
         print(f"finished: epoch {state.epoch - 1}, {state.batch_idx_train} batches, {state.skipped_batches} skipped")
     return 0

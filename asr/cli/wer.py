@@ -25,8 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--errs", type=Path, help="write the full per-utterance report here instead of stdout")
     parser.add_argument("--top", type=int, default=10, help="how many of the most frequent errors to list")
     parser.add_argument("--chars", action="store_true", help="score characters (CER), ignoring spaces")
-    parser.add_argument("--utt2spk", type=Path,
-                        help="Kaldi-style '<id> <speaker>' lines: also print the error rate of each speaker")
+    parser.add_argument(
+        "--utt2spk", type=Path, help="Kaldi-style '<id> <speaker>' lines: also print the error rate of each speaker"
+    )
     args = parse(parser, argv)
 
     try:

@@ -18,8 +18,14 @@ from lhotse import CutSet, Recording, RecordingSet
 from lhotse.dataset import CutMix, SpecAugment
 
 __all__ = [
-    "make_spec_augment", "speed_perturb", "speed_perturb_one_of", "make_noise_mixer", "make_noise_cuts", "make_babble",
-    "musan_noise_cuts", "SOX_NOISE_TYPES",
+    "make_spec_augment",
+    "speed_perturb",
+    "speed_perturb_one_of",
+    "make_noise_mixer",
+    "make_noise_cuts",
+    "make_babble",
+    "musan_noise_cuts",
+    "SOX_NOISE_TYPES",
 ]
 
 SOX_NOISE_TYPES = ("whitenoise", "pinknoise", "brownnoise")
@@ -78,9 +84,7 @@ def speed_perturb_one_of(cuts: CutSet, factors: Sequence[float] = (0.9, 1.0, 1.1
     return CutSet.from_cuts([one_speed(cut) for cut in cuts])
 
 
-def make_noise_mixer(
-    noise_cuts: CutSet, snr: tuple[float, float] = (5.0, 20.0), p: float = 0.5
-) -> CutMix:
+def make_noise_mixer(noise_cuts: CutSet, snr: tuple[float, float] = (5.0, 20.0), p: float = 0.5) -> CutMix:
     """A cut transform mixing a random noise cut into each cut with probability ``p``.
 
     The SNR is drawn uniformly from ``snr`` dB; the noise starts at a random offset and is cut to the
@@ -88,8 +92,13 @@ def make_noise_mixer(
     The random stream is per DataLoader worker (``seed="randomized"`` with lhotse's worker init).
     """
     return CutMix(
-        cuts=noise_cuts, snr=snr, p=p, pad_to_longest=False, preserve_id=True,
-        random_mix_offset=True, seed="randomized",
+        cuts=noise_cuts,
+        snr=snr,
+        p=p,
+        pad_to_longest=False,
+        preserve_id=True,
+        random_mix_offset=True,
+        seed="randomized",
     )
 
 
@@ -118,8 +127,23 @@ def make_noise_cuts(
             raise ValueError(f"unknown sox noise type {noise_type!r}; choose from {SOX_NOISE_TYPES}")
         path = out_dir / f"{noise_type}.wav"
         # -R: repeatable random numbers, so a rerun writes the same file.
-        command = [sox, "-R", "-n", "-r", str(sample_rate), "-c", "1", "-b", "16", str(path),
-                   "synth", str(duration), noise_type, "vol", "0.5"]
+        command = [
+            sox,
+            "-R",
+            "-n",
+            "-r",
+            str(sample_rate),
+            "-c",
+            "1",
+            "-b",
+            "16",
+            str(path),
+            "synth",
+            str(duration),
+            noise_type,
+            "vol",
+            "0.5",
+        ]
         subprocess.run(command, check=True, capture_output=True)
         paths.append(path)
     if speech_cuts is not None:

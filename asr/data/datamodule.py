@@ -35,8 +35,8 @@ from lhotse import CutSet
 from lhotse.cut import Cut, MixedCut
 from lhotse.dataset import DynamicBucketingSampler, SimpleCutSampler
 from lhotse.dataset.collation import collate_matrices
-from lhotse.dataset.sampling.base import CutSampler
 from lhotse.dataset.dataloading import make_worker_init_fn
+from lhotse.dataset.sampling.base import CutSampler
 from lhotse.dataset.signal_transforms import SpecAugment
 from lhotse.utils import LOG_EPSILON, compute_num_frames
 from torch.utils.data import DataLoader
@@ -46,8 +46,16 @@ from asr.data.features import FEATURE_DIM, FRAME_SHIFT, SAMPLE_RATE, make_fbank_
 from asr.data.tokenizer import Tokenizer
 
 __all__ = [
-    "zipformer_output_frames", "cut_num_frames", "cut_text", "FilterCounts", "CutFilter", "filter_cuts",
-    "AsrDataset", "AsrDataLoader", "DataConfig", "AsrDataModule",
+    "zipformer_output_frames",
+    "cut_num_frames",
+    "cut_text",
+    "FilterCounts",
+    "CutFilter",
+    "filter_cuts",
+    "AsrDataset",
+    "AsrDataLoader",
+    "DataConfig",
+    "AsrDataModule",
 ]
 
 log = logging.getLogger(__name__)
@@ -217,7 +225,10 @@ class AsrDataset(torch.utils.data.Dataset):
                 from_features = cut.has_features and self.on_the_fly_features is not True
                 log.warning(
                     "skipping cut %s (%s): %s: %s",
-                    cut.id, _cut_files(cut, from_features), type(error).__name__, _first_lines(error),
+                    cut.id,
+                    _cut_files(cut, from_features),
+                    type(error).__name__,
+                    _first_lines(error),
                 )
                 skipped.append(cut.id)
         self.num_skipped += len(skipped)
@@ -352,13 +363,20 @@ class AsrDataModule:
     def _sampler(self, cuts: CutSet, shuffle: bool, drop_last: bool) -> CutSampler:
         if sum(1 for _ in islice(cuts, 2)) < 2:  # too few cuts to bucket
             return SimpleCutSampler(
-                cuts, max_duration=self.config.max_duration, shuffle=shuffle, drop_last=drop_last,
-                world_size=self.world_size, rank=self.rank, seed=self.config.seed,
+                cuts,
+                max_duration=self.config.max_duration,
+                shuffle=shuffle,
+                drop_last=drop_last,
+                world_size=self.world_size,
+                rank=self.rank,
+                seed=self.config.seed,
             )
         num_buckets = self._num_buckets(cuts)
         with warnings.catch_warnings():
             # Eager CutSets (what filter_cuts returns) are fine here; lhotse's advice targets huge corpora.
-            warnings.filterwarnings("ignore", message="You are using DynamicBucketingSampler with an eagerly read CutSet")
+            warnings.filterwarnings(
+                "ignore", message="You are using DynamicBucketingSampler with an eagerly read CutSet"
+            )
             return DynamicBucketingSampler(
                 cuts,
                 max_duration=self.config.max_duration,
@@ -378,7 +396,9 @@ class AsrDataModule:
         affordable = int(sum(durations) // (2 * self.config.max_duration))
         num_buckets = max(2, min(self.config.num_buckets, affordable, len(durations)))  # lhotse needs >= 2
         if num_buckets < self.config.num_buckets:
-            log.info("using %d duration buckets instead of %d: the cut set is small", num_buckets, self.config.num_buckets)
+            log.info(
+                "using %d duration buckets instead of %d: the cut set is small", num_buckets, self.config.num_buckets
+            )
         return num_buckets
 
     def _loader(self, dataset: AsrDataset, sampler: CutSampler) -> AsrDataLoader:
@@ -388,7 +408,5 @@ class AsrDataModule:
             batch_size=None,  # the sampler yields whole batches
             num_workers=self.config.num_workers,
             persistent_workers=False,
-            worker_init_fn=make_worker_init_fn(
-                seed=self.config.seed, rank=sampler.rank, world_size=sampler.world_size
-            ),
+            worker_init_fn=make_worker_init_fn(seed=self.config.seed, rank=sampler.rank, world_size=sampler.world_size),
         )

@@ -6,7 +6,6 @@ features for a whole CutSet with lilcom compression, the way icefall's compute_f
 
 from __future__ import annotations
 
-import argparse
 import logging
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
@@ -20,8 +19,15 @@ from asr.data.audio import resample
 from asr.data.augment import speed_perturb as add_speed_perturbed_copies
 from asr.data.augment import speed_perturb_one_of
 
-__all__ = ["FEATURE_DIM", "SAMPLE_RATE", "FRAME_SHIFT", "SPEED_PERTURB_MODES", "make_fbank_extractor",
-           "compute_fbank", "compute_and_store_fbank", "main"]
+__all__ = [
+    "FEATURE_DIM",
+    "SAMPLE_RATE",
+    "FRAME_SHIFT",
+    "SPEED_PERTURB_MODES",
+    "make_fbank_extractor",
+    "compute_fbank",
+    "compute_and_store_fbank",
+]
 
 FEATURE_DIM = 80
 SAMPLE_RATE = 16000
@@ -90,7 +96,9 @@ def compute_and_store_fbank(
     executor = None
     if num_workers > 1:
         executor = ProcessPoolExecutor(
-            num_workers, mp_context=multiprocessing.get_context("spawn"), initializer=torch.set_num_threads,
+            num_workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=torch.set_num_threads,
             initargs=(1,),
         )
     try:

@@ -23,13 +23,9 @@ Expected layouts (``--corpus-dir``):
 
 from __future__ import annotations
 
-import argparse
-import logging
-import sys
 from pathlib import Path
 
 from lhotse import CutSet, RecordingSet, SupervisionSet
-from lhotse.audio.utils import AudioLoadingError
 
 LIBRISPEECH_PARTS = (
     "dev-clean",
@@ -138,9 +134,7 @@ def prepare_librispeech(
     if parts is None:
         parts = [p for p in CORPUS_PARTS["librispeech"] if (corpus_dir / p).is_dir()]
         if not parts:
-            raise PrepareError(
-                f"no LibriSpeech part directory (e.g. dev-clean, train-clean-100) in {corpus_dir}"
-            )
+            raise PrepareError(f"no LibriSpeech part directory (e.g. dev-clean, train-clean-100) in {corpus_dir}")
     _check_part_names("librispeech", parts)
     expected: dict[str, int] = {}
     for part in parts:

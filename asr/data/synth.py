@@ -28,7 +28,6 @@ the transcript is the Chinese characters, the manifests are ``DIR/synth_cmn_*_{s
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import importlib.util
 import json
@@ -38,7 +37,6 @@ import os
 import random
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass

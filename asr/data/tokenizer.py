@@ -17,7 +17,6 @@ CLI: ``asr data tokenizer bpe (--text FILE | --cuts CUTS) --vocab-size N --out-d
 from __future__ import annotations
 
 import abc
-import argparse
 import logging
 import os
 import tempfile
@@ -28,8 +27,18 @@ from pathlib import Path
 import sentencepiece as spm
 
 __all__ = [
-    "BLANK", "SOS_EOS", "UNK", "Tokenizer", "BpeTokenizer", "CharTokenizer", "train_bpe",
-    "build_char_tokenizer", "load_tokenizer", "read_tokens", "write_tokens", "cut_texts",
+    "BLANK",
+    "SOS_EOS",
+    "UNK",
+    "Tokenizer",
+    "BpeTokenizer",
+    "CharTokenizer",
+    "train_bpe",
+    "build_char_tokenizer",
+    "load_tokenizer",
+    "read_tokens",
+    "write_tokens",
+    "cut_texts",
 ]
 
 BLANK, SOS_EOS, UNK = "<blk>", "<sos/eos>", "<unk>"
@@ -86,7 +95,11 @@ class Tokenizer(abc.ABC):
                 code_point = f" (U+{ord(symbol):04X})" if len(symbol) == 1 else ""
                 log.warning(
                     "symbol %r%s is not in %s; mapped to %s (%d unknown symbols so far)",
-                    symbol, code_point, self.source, UNK, self.num_unknown + 1,
+                    symbol,
+                    code_point,
+                    self.source,
+                    UNK,
+                    self.num_unknown + 1,
                 )
             self.unknown_counts[symbol] += 1
 
@@ -140,9 +153,7 @@ class BpeTokenizer(Tokenizer):
 
     def _note_unknown(self, text: str) -> None:
         normalized = self.sp.normalize(text)
-        unknown = [
-            ch for ch in normalized if not ch.isspace() and ch != _WORD_BOUNDARY and ch not in self._known_chars
-        ]
+        unknown = [ch for ch in normalized if not ch.isspace() and ch != _WORD_BOUNDARY and ch not in self._known_chars]
         self._count_unknown(unknown or [UNK])
 
 
@@ -222,9 +233,7 @@ def write_tokens(path: str | Path, tokens: Iterable[str]) -> None:
             f.write(f"{symbol} {token_id}\n")
 
 
-def train_bpe(
-    text_file: str | Path, out_dir: str | Path, vocab_size: int, model_type: str = "unigram"
-) -> BpeTokenizer:
+def train_bpe(text_file: str | Path, out_dir: str | Path, vocab_size: int, model_type: str = "unigram") -> BpeTokenizer:
     """Train a sentencepiece model on ``text_file`` (one sentence a line) into ``out_dir/bpe.model``.
 
     Settings follow icefall: ``<blk>`` and ``<sos/eos>`` as user-defined symbols (ids 0, 1), ``<unk>``
@@ -251,7 +260,9 @@ def train_bpe(
                 num_threads=min(16, os.cpu_count() or 1),
             )
         except RuntimeError as error:
-            raise ValueError(f"training a {vocab_size}-token {model_type} model on {text_file} failed: {error}") from error
+            raise ValueError(
+                f"training a {vocab_size}-token {model_type} model on {text_file} failed: {error}"
+            ) from error
         os.replace(f"{prefix}.model", out_dir / "bpe.model")
     tokenizer = BpeTokenizer(out_dir / "bpe.model")
     write_tokens(out_dir / "tokens.txt", (tokenizer.id_to_token(i) for i in range(tokenizer.vocab_size)))

@@ -113,10 +113,13 @@ def modified_beam_search(
             found = finished_cache.get(key)
             if found is None:
                 word_id = word_ids.get(word, 2)  # <unk>
-                found = (word_lm_scale * word_lm.token_log_prob(state, word_id) + word_bonus,
-                         word_lm.next_state(state, word_id))
+                found = (
+                    word_lm_scale * word_lm.token_log_prob(state, word_id) + word_bonus,
+                    word_lm.next_state(state, word_id),
+                )
                 finished_cache[key] = found
             return found
+
     lens = check_encoder_output(enc_out, enc_lens)
     decoder, joiner = model.decoder, model.joiner
     blank, context_size = decoder.blank_id, decoder.context_size
@@ -181,7 +184,9 @@ def modified_beam_search(
             top_log_probs = log_probs[rows].flatten()[top_indices].tolist()
             top_lm = lm_log_probs[rows].flatten()[top_indices].tolist() if fusion else [0.0] * len(top_log_probs)
             top_unknown = (
-                unknown[rows].flatten()[top_indices].round().long().tolist() if constrained else [0] * len(top_log_probs)
+                unknown[rows].flatten()[top_indices].round().long().tolist()
+                if constrained
+                else [0] * len(top_log_probs)
             )
             next_beam: dict[tuple[int, ...], _BeamEntry] = {}
             for score, log_prob, lm_log_prob, num_unknown, index in zip(
@@ -190,8 +195,15 @@ def modified_beam_search(
                 source, token = entries[index // vocab_size], index % vocab_size
                 if token == blank:
                     entry = _BeamEntry(
-                        source.tokens, source.timestamps, log_prob, source.lm_state, lm_log_prob,
-                        source.partial_word, num_unknown, source.word_lm_state, source.word_score,
+                        source.tokens,
+                        source.timestamps,
+                        log_prob,
+                        source.lm_state,
+                        lm_log_prob,
+                        source.partial_word,
+                        num_unknown,
+                        source.word_lm_state,
+                        source.word_score,
                     )
                 elif fusion and score == -math.inf:  # a token the LM gives no probability (<sos/eos>)
                     continue
@@ -203,8 +215,15 @@ def modified_beam_search(
                         finished_score, word_state = finish_word(word_state, source.partial_word)
                         word_score += finished_score
                     entry = _BeamEntry(
-                        source.tokens + (token,), source.timestamps + (t,), log_prob, lm_state, lm_log_prob,
-                        partial_word, num_unknown, word_state, word_score,
+                        source.tokens + (token,),
+                        source.timestamps + (t,),
+                        log_prob,
+                        lm_state,
+                        lm_log_prob,
+                        partial_word,
+                        num_unknown,
+                        word_state,
+                        word_score,
                     )
                 _add_merging(next_beam, entry)
             beams[i] = next_beam

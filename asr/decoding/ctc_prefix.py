@@ -48,7 +48,7 @@ def _search_one(log_probs: np.ndarray, beam: int, tokens_per_frame: int, blank_i
         extended: dict[tuple[int, ...], _Prefix] = {}
 
         def entry(prefix: tuple[int, ...]) -> _Prefix:
-            return extended.setdefault(prefix, _Prefix())
+            return extended.setdefault(prefix, _Prefix())  # noqa: B023 (called only in this iteration)
 
         for prefix, state in prefixes.items():
             total = state.total
@@ -100,6 +100,4 @@ def ctc_prefix_beam_search(
     if tokens_per_frame < 1:
         raise ValueError(f"tokens_per_frame must be >= 1, got {tokens_per_frame}")
     per_frame = log_probs.detach().double().cpu().numpy()
-    return [
-        _search_one(per_frame[i, :length], beam, tokens_per_frame, blank_id) for i, length in enumerate(frame_lens)
-    ]
+    return [_search_one(per_frame[i, :length], beam, tokens_per_frame, blank_id) for i, length in enumerate(frame_lens)]

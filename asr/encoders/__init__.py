@@ -18,12 +18,14 @@ from asr.encoders.zipformer import ZipformerEncoder, build_zipformer
 
 # name -> builder(causal, **overrides); other encoder families register here.
 _BUILDERS = {}
-for _presets, _build in ((ZIPFORMER_PRESETS, build_zipformer), (CONFORMER_PRESETS, build_conformer),
-                         (EFFICIENT_CONFORMER_PRESETS, build_efficient_conformer),
-                         (TRANSFORMER_PRESETS, build_transformer)):
+for _presets, _build in (
+    (ZIPFORMER_PRESETS, build_zipformer),
+    (CONFORMER_PRESETS, build_conformer),
+    (EFFICIENT_CONFORMER_PRESETS, build_efficient_conformer),
+    (TRANSFORMER_PRESETS, build_transformer),
+):
     for _name in _presets:
-        _BUILDERS[_name] = (lambda causal=False, _name=_name, _build=_build, **kw:
-                            _build(_name, causal=causal, **kw))
+        _BUILDERS[_name] = lambda causal=False, _name=_name, _build=_build, **kw: _build(_name, causal=causal, **kw)
 
 
 def encoder_names() -> list[str]:
@@ -41,5 +43,13 @@ def build_encoder(name: str, causal: bool = False, **overrides) -> Encoder:
     return _BUILDERS[name](causal=causal, **overrides)
 
 
-__all__ = ["ConformerEncoder", "EfficientConformerEncoder", "Encoder", "StreamingEncoder", "TransformerEncoder",
-           "ZipformerEncoder", "build_encoder", "encoder_names"]
+__all__ = [
+    "ConformerEncoder",
+    "EfficientConformerEncoder",
+    "Encoder",
+    "StreamingEncoder",
+    "TransformerEncoder",
+    "ZipformerEncoder",
+    "build_encoder",
+    "encoder_names",
+]

@@ -84,9 +84,7 @@ class StreamingEncoder(Encoder):
         """The batch axis of each entry of ``init_states()``, for stacking and splitting streams."""
 
     @abc.abstractmethod
-    def streaming_forward(
-        self, x: Tensor, x_lens: Tensor, states: list[Tensor]
-    ) -> tuple[Tensor, Tensor, list[Tensor]]:
+    def streaming_forward(self, x: Tensor, x_lens: Tensor, states: list[Tensor]) -> tuple[Tensor, Tensor, list[Tensor]]:
         """Encode the next chunk of every stream.
 
         Args:
@@ -142,19 +140,25 @@ class StreamingEncoder(Encoder):
         """
         name = type(self).__name__
         if not self.causal:
-            raise ValueError(f"{name} was built with causal=False: it has no chunked attention and cannot "
-                             "stream; build it with causal=True")
+            raise ValueError(
+                f"{name} was built with causal=False: it has no chunked attention and cannot "
+                "stream; build it with causal=True"
+            )
         if left_context_frames is None:
             left_context_frames = self.streaming_context()[1]
         unit = f"{self.chunk_frame_ms} ms frames"
         if int(chunk_size) != chunk_size or chunk_size <= 0:
             raise ValueError(f"{name}: chunk_size must be a positive number of {unit}, got {chunk_size}")
         if int(left_context_frames) != left_context_frames or left_context_frames <= 0:
-            raise ValueError(f"{name}: streaming needs a finite left context, a positive multiple of chunk_size "
-                             f"{chunk_size} ({unit}); got left_context_frames {left_context_frames}")
+            raise ValueError(
+                f"{name}: streaming needs a finite left context, a positive multiple of chunk_size "
+                f"{chunk_size} ({unit}); got left_context_frames {left_context_frames}"
+            )
         if left_context_frames % chunk_size:
-            raise ValueError(f"{name}: left_context_frames {left_context_frames} must be a multiple of "
-                             f"chunk_size {chunk_size} ({unit})")
+            raise ValueError(
+                f"{name}: left_context_frames {left_context_frames} must be a multiple of "
+                f"chunk_size {chunk_size} ({unit})"
+            )
         self._check_context(int(chunk_size), int(left_context_frames))
         self._store_streaming(int(chunk_size), int(left_context_frames))
 

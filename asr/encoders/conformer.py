@@ -28,8 +28,7 @@ from asr.nn.attention import RelPositionMultiheadAttention, set_attention_backen
 from asr.nn.conv import ConformerConvModule, Conv2dSubsampling4
 from asr.nn.masks import chunked_mask, padding_mask
 
-__all__ = ["PRESETS", "ConformerConfig", "ConformerEncoder", "ConformerLayer", "FeedForwardModule",
-           "build_conformer"]
+__all__ = ["PRESETS", "ConformerConfig", "ConformerEncoder", "ConformerLayer", "FeedForwardModule", "build_conformer"]
 
 
 @dataclass(frozen=True)
@@ -109,12 +108,15 @@ class ConformerLayer(nn.Module):
         self.feed_forward1 = FeedForwardModule(dim, feedforward_dim, dropout)
         self.attention_norm = nn.LayerNorm(dim)
         self.attention = RelPositionMultiheadAttention(
-            dim, num_heads, dropout=dropout, group_size=attention_group_size, query_stride=attention_stride,
+            dim,
+            num_heads,
+            dropout=dropout,
+            group_size=attention_group_size,
+            query_stride=attention_stride,
             relaxed_attention_gamma=relaxed_attention_gamma,
         )
         self.attention_dropout = nn.Dropout(dropout)
-        self.conv = ConformerConvModule(dim, out_dim, kernel_size, stride=conv_stride, causal=causal,
-                                        dropout=dropout)
+        self.conv = ConformerConvModule(dim, out_dim, kernel_size, stride=conv_stride, causal=causal, dropout=dropout)
         if out_dim != dim:
             self.conv_residual: nn.Module | None = nn.Conv1d(dim, out_dim, kernel_size=1, stride=conv_stride)
         else:
@@ -168,7 +170,7 @@ class ConformerLayer(nn.Module):
         x = x + conv_out
         x = x + 0.5 * self.feed_forward2(x)
         total = att.keys.size(1)
-        return self.norm(x), (att.keys[:, total - left:], att.values[:, total - left:], conv_cache)
+        return self.norm(x), (att.keys[:, total - left :], att.values[:, total - left :], conv_cache)
 
 
 class ConformerEncoder(StreamingEncoder):
@@ -211,9 +213,15 @@ class ConformerEncoder(StreamingEncoder):
         self.encoder_embed = Conv2dSubsampling4(config.feature_dim, config.encoder_dim)
         self.embed_dropout = nn.Dropout(config.dropout)
         self.layers = nn.ModuleList(
-            ConformerLayer(config.encoder_dim, config.num_heads, config.feedforward_dim, config.kernel_size,
-                           causal=causal, dropout=config.dropout,
-                           relaxed_attention_gamma=config.relaxed_attention_gamma)
+            ConformerLayer(
+                config.encoder_dim,
+                config.num_heads,
+                config.feedforward_dim,
+                config.kernel_size,
+                causal=causal,
+                dropout=config.dropout,
+                relaxed_attention_gamma=config.relaxed_attention_gamma,
+            )
             for _ in range(config.num_layers)
         )
         self.set_attention_backend(attention_backend)
@@ -276,8 +284,10 @@ class ConformerEncoder(StreamingEncoder):
         if not self.causal:
             raise RuntimeError("streaming needs a Conformer built with causal=True")
         if self.chunk_size <= 0 or self.left_context_frames <= 0 or self.left_context_frames % self.chunk_size:
-            raise ValueError(f"streaming needs chunk_size > 0 and left_context_frames a positive multiple of it, "
-                             f"got {self.chunk_size} and {self.left_context_frames}")
+            raise ValueError(
+                f"streaming needs chunk_size > 0 and left_context_frames a positive multiple of it, "
+                f"got {self.chunk_size} and {self.left_context_frames}"
+            )
 
     def init_states(self, batch_size: int = 1, device: torch.device | str = "cpu") -> list[Tensor]:
         """Zero states: per layer (keys ``(N, L, D)``, values ``(N, L, D)``, conv ``(N, D, K - 1)``), then
@@ -286,9 +296,11 @@ class ConformerEncoder(StreamingEncoder):
         d, left = self.config.encoder_dim, self.left_context_frames
         states: list[Tensor] = []
         for layer in self.layers:
-            states += [torch.zeros(batch_size, left, d, device=device),
-                       torch.zeros(batch_size, left, d, device=device),
-                       layer.conv.init_cache(batch_size, device)]
+            states += [
+                torch.zeros(batch_size, left, d, device=device),
+                torch.zeros(batch_size, left, d, device=device),
+                layer.conv.init_cache(batch_size, device),
+            ]
         states.append(torch.zeros(batch_size, dtype=torch.int64, device=device))
         return states
 
@@ -296,15 +308,14 @@ class ConformerEncoder(StreamingEncoder):
         """The batch axis of each entry of ``init_states()``."""
         return [0] * (3 * len(self.layers) + 1)
 
-    def streaming_forward(
-        self, x: Tensor, x_lens: Tensor, states: list[Tensor]
-    ) -> tuple[Tensor, Tensor, list[Tensor]]:
+    def streaming_forward(self, x: Tensor, x_lens: Tensor, states: list[Tensor]) -> tuple[Tensor, Tensor, list[Tensor]]:
         """Encode chunk ``k``: ``x`` ``(N, 4C + 3, F)`` holds feature frames ``[4Ck, 4C(k + 1) + 3)`` (pad
         past the end), ``x_lens`` their valid counts. Returns ``(N, C, D)``, valid lengths, new states."""
         self._check_streaming()
         if x.size(1) != self.streaming_feature_frames:
-            raise ValueError(f"streaming chunk has {x.size(1)} feature frames, "
-                             f"expected {self.streaming_feature_frames}")
+            raise ValueError(
+                f"streaming chunk has {x.size(1)} feature frames, expected {self.streaming_feature_frames}"
+            )
         if len(states) != 3 * len(self.layers) + 1:
             raise ValueError(f"got {len(states)} state tensors, expected {3 * len(self.layers) + 1}")
         x, lens = self.encoder_embed(x, x_lens)
@@ -315,7 +326,7 @@ class ConformerEncoder(StreamingEncoder):
         key_padding = torch.cat([empty, padding_mask(lens, x.size(1))], dim=1)
         new_states: list[Tensor] = []
         for i, layer in enumerate(self.layers):
-            x, cache = layer.streaming_forward(x, key_padding, tuple(states[3 * i: 3 * i + 3]))
+            x, cache = layer.streaming_forward(x, key_padding, tuple(states[3 * i : 3 * i + 3]))
             new_states += list(cache)
         new_states.append(processed + lens)
         return x, lens, new_states
@@ -332,8 +343,15 @@ def build_conformer(name: str, causal: bool = False, **overrides) -> ConformerEn
     """A ``ConformerEncoder`` from a preset; overrides go to the config or to the encoder
     (``chunk_size``, ``left_context_frames``, ``train_chunk_sizes``, ``train_left_context_frames``,
     ``attention_backend``)."""
-    encoder_args = {k: overrides.pop(k) for k in
-                    ("chunk_size", "left_context_frames", "train_chunk_sizes", "train_left_context_frames",
-                     "attention_backend")
-                    if k in overrides}
+    encoder_args = {
+        k: overrides.pop(k)
+        for k in (
+            "chunk_size",
+            "left_context_frames",
+            "train_chunk_sizes",
+            "train_left_context_frames",
+            "attention_backend",
+        )
+        if k in overrides
+    }
     return ConformerEncoder(conformer_config(name, **overrides), causal=causal, **encoder_args)

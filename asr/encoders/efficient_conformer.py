@@ -73,8 +73,10 @@ class EfficientConformerEncoder(Encoder):
         super().__init__()
         dims, layers, groups = config.stage_dims, config.stage_layers, config.attention_group_sizes
         if not len(dims) == len(layers) == len(groups):
-            raise ValueError(f"stage_dims, stage_layers, attention_group_sizes need one entry per stage, got "
-                             f"{dims}, {layers}, {groups}")
+            raise ValueError(
+                f"stage_dims, stage_layers, attention_group_sizes need one entry per stage, got "
+                f"{dims}, {layers}, {groups}"
+            )
         if config.downsampling not in ("conv", "attention"):
             raise ValueError(f"downsampling must be 'conv' or 'attention', got {config.downsampling!r}")
         self.config = config
@@ -86,16 +88,21 @@ class EfficientConformerEncoder(Encoder):
             for i in range(count):
                 last = i == count - 1 and stage < len(dims) - 1
                 stride = 2 if last else 1
-                blocks.append(ConformerLayer(
-                    dim, config.num_heads, config.feedforward_ratio * dim, config.kernel_size,
-                    out_dim=dims[stage + 1] if last else dim,
-                    conv_stride=stride if config.downsampling == "conv" else 1,
-                    attention_stride=stride if config.downsampling == "attention" else 1,
-                    # Strided queries cannot be grouped (nor can they in the reference).
-                    attention_group_size=1 if last and config.downsampling == "attention" else group,
-                    dropout=config.dropout,
-                    relaxed_attention_gamma=config.relaxed_attention_gamma,
-                ))
+                blocks.append(
+                    ConformerLayer(
+                        dim,
+                        config.num_heads,
+                        config.feedforward_ratio * dim,
+                        config.kernel_size,
+                        out_dim=dims[stage + 1] if last else dim,
+                        conv_stride=stride if config.downsampling == "conv" else 1,
+                        attention_stride=stride if config.downsampling == "attention" else 1,
+                        # Strided queries cannot be grouped (nor can they in the reference).
+                        attention_group_size=1 if last and config.downsampling == "attention" else group,
+                        dropout=config.dropout,
+                        relaxed_attention_gamma=config.relaxed_attention_gamma,
+                    )
+                )
         self.layers = nn.ModuleList(blocks)
         self.set_attention_backend(attention_backend)
 
@@ -134,7 +141,9 @@ def build_efficient_conformer(name: str, causal: bool = False, **overrides) -> E
     ``attention_backend``. Only the full-context (non-streaming) model exists: ``causal=True`` is
     rejected."""
     if causal:
-        raise ValueError(f"{name}: the Efficient Conformer has no causal/streaming variant here; "
-                         "use conformer-* or zipformer-* with causal=True")
+        raise ValueError(
+            f"{name}: the Efficient Conformer has no causal/streaming variant here; "
+            "use conformer-* or zipformer-* with causal=True"
+        )
     encoder_args = {k: overrides.pop(k) for k in ("attention_backend",) if k in overrides}
     return EfficientConformerEncoder(efficient_conformer_config(name, **overrides), **encoder_args)

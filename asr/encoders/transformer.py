@@ -51,25 +51,30 @@ class TransformerConfig:
 
 PRESETS: dict[str, TransformerConfig] = {
     # The paper's audio encoder: 18 layers, width 512, 8 heads, feedforward 2048.
-    "transformer-transducer-large": TransformerConfig(encoder_dim=512, num_layers=18, num_heads=8,
-                                                      feedforward_dim=2048),
+    "transformer-transducer-large": TransformerConfig(
+        encoder_dim=512, num_layers=18, num_heads=8, feedforward_dim=2048
+    ),
     # A CPU-sized variant for the synthetic recipes and tests.
-    "transformer-transducer-small": TransformerConfig(encoder_dim=256, num_layers=6, num_heads=4,
-                                                      feedforward_dim=1024),
+    "transformer-transducer-small": TransformerConfig(encoder_dim=256, num_layers=6, num_heads=4, feedforward_dim=1024),
 }
 
 
 class TransformerEncoderLayer(nn.Module):
     """Pre-LN layer: ``x + MHSA(LN(x))`` then ``x + FF(LN(x))`` (ReLU feedforward)."""
 
-    def __init__(self, dim: int, num_heads: int, feedforward_dim: int, dropout: float = 0.1,
-                 relaxed_attention_gamma: float = 0.0) -> None:
+    def __init__(
+        self, dim: int, num_heads: int, feedforward_dim: int, dropout: float = 0.1, relaxed_attention_gamma: float = 0.0
+    ) -> None:
         super().__init__()
         self.attention_norm = nn.LayerNorm(dim)
-        self.attention = RelPositionMultiheadAttention(dim, num_heads, dropout=dropout,
-                                                       relaxed_attention_gamma=relaxed_attention_gamma)
+        self.attention = RelPositionMultiheadAttention(
+            dim, num_heads, dropout=dropout, relaxed_attention_gamma=relaxed_attention_gamma
+        )
         self.feed_forward = nn.Sequential(
-            nn.LayerNorm(dim), nn.Linear(dim, feedforward_dim), nn.ReLU(), nn.Dropout(dropout),
+            nn.LayerNorm(dim),
+            nn.Linear(dim, feedforward_dim),
+            nn.ReLU(),
+            nn.Dropout(dropout),
             nn.Linear(feedforward_dim, dim),
         )
         self.dropout = nn.Dropout(dropout)
@@ -140,8 +145,13 @@ class TransformerEncoder(StreamingEncoder):
         self.encoder_embed = Conv2dSubsampling4(config.feature_dim, config.encoder_dim)
         self.embed_dropout = nn.Dropout(config.dropout)
         self.layers = nn.ModuleList(
-            TransformerEncoderLayer(config.encoder_dim, config.num_heads, config.feedforward_dim,
-                                    config.dropout, config.relaxed_attention_gamma)
+            TransformerEncoderLayer(
+                config.encoder_dim,
+                config.num_heads,
+                config.feedforward_dim,
+                config.dropout,
+                config.relaxed_attention_gamma,
+            )
             for _ in range(config.num_layers)
         )
         self.final_norm = nn.LayerNorm(config.encoder_dim)
@@ -233,16 +243,15 @@ class TransformerEncoder(StreamingEncoder):
         """The batch axis of each entry of ``init_states()``."""
         return [0] * (2 * len(self.layers) + 1)
 
-    def streaming_forward(
-        self, x: Tensor, x_lens: Tensor, states: list[Tensor]
-    ) -> tuple[Tensor, Tensor, list[Tensor]]:
+    def streaming_forward(self, x: Tensor, x_lens: Tensor, states: list[Tensor]) -> tuple[Tensor, Tensor, list[Tensor]]:
         """Encode chunk ``k``: ``x`` ``(N, streaming_feature_frames, F)`` holds feature frames from ``4Ck``
         (pad past the end), ``x_lens`` their valid counts. Returns ``(N, C, D)`` (frames ``Ck .. Ck + C - 1``),
         valid lengths and the new states."""
         self._check_streaming()
         if x.size(1) != self.streaming_feature_frames:
-            raise ValueError(f"streaming chunk has {x.size(1)} feature frames, "
-                             f"expected {self.streaming_feature_frames}")
+            raise ValueError(
+                f"streaming chunk has {x.size(1)} feature frames, expected {self.streaming_feature_frames}"
+            )
         if len(states) != 2 * len(self.layers) + 1:
             raise ValueError(f"got {len(states)} state tensors, expected {2 * len(self.layers) + 1}")
         chunk, left = self.stream_chunk_size, self.left_context
@@ -260,7 +269,7 @@ class TransformerEncoder(StreamingEncoder):
             x, keys, values = layer(x, mask, key_padding, cache=(states[2 * i], states[2 * i + 1]))
             # Frames past chunk + remaining look-ahead lack right context: drop them (recomputed next call).
             x = x[:, : window - right]
-            new_states += [keys[:, chunk: chunk + left], values[:, chunk: chunk + left]]
+            new_states += [keys[:, chunk : chunk + left], values[:, chunk : chunk + left]]
         new_states.append(processed + lens.clamp(max=chunk))
         return self.final_norm(x[:, :chunk]), lens.clamp(max=chunk), new_states
 
@@ -272,8 +281,16 @@ def transformer_config(name: str, **overrides) -> TransformerConfig:
     return replace(PRESETS[name], **overrides)
 
 
-_ENCODER_ARGS = ("left_context", "right_context", "chunk_size", "stream_chunk_size", "train_left_contexts",
-                 "train_right_contexts", "train_chunk_sizes", "attention_backend")
+_ENCODER_ARGS = (
+    "left_context",
+    "right_context",
+    "chunk_size",
+    "stream_chunk_size",
+    "train_left_contexts",
+    "train_right_contexts",
+    "train_chunk_sizes",
+    "attention_backend",
+)
 
 
 def build_transformer(name: str, causal: bool = False, **overrides) -> TransformerEncoder:

@@ -273,8 +273,13 @@ class RelPositionMultiheadAttentionWeights(nn.Module):
         # Scores ignore a constant added to keys, so numerical noise can drift the key bias; this rarely
         # applied balancer keeps key means near zero.
         self.balance_keys = Balancer(
-            query_head_dim * num_heads, channel_dim=-1, min_positive=0.4, max_positive=0.6,
-            min_abs=0.0, max_abs=100.0, prob=0.025,
+            query_head_dim * num_heads,
+            channel_dim=-1,
+            min_positive=0.4,
+            max_positive=0.6,
+            min_abs=0.0,
+            max_abs=100.0,
+            prob=0.025,
         )
         self.linear_pos = ScaledLinear(pos_dim, num_heads * pos_head_dim, bias=False, initial_scale=0.05)
         self.copy_pos_query = Identity()
@@ -339,7 +344,12 @@ class RelPositionMultiheadAttentionWeights(nn.Module):
             k = k.reshape(num_frames, batch_size, self.num_heads, self.query_head_dim).permute(2, 1, 0, 3)
             pos_table = self.linear_pos(pos_emb)[0].reshape(-1, self.num_heads, self.pos_head_dim).permute(1, 0, 2)
             return RelPosAttentionInputs(
-                q, k, p if use_pos else None, pos_table if use_pos else None, key_padding_mask, *chunking,
+                q,
+                k,
+                p if use_pos else None,
+                pos_table if use_pos else None,
+                key_padding_mask,
+                *chunking,
                 backend="triton",
             )
         k = k.reshape(num_frames, batch_size, self.num_heads, self.query_head_dim).permute(2, 1, 3, 0)
@@ -420,8 +430,13 @@ class FeedforwardModule(nn.Module):
             feedforward_dim, channel_dim=-1, min_positive=0.3, max_positive=1.0, min_abs=0.75, max_abs=5.0
         )
         self.out_proj = ActivationDropoutAndLinear(
-            feedforward_dim, embed_dim, activation="SwooshL", dropout_p=dropout,
-            dropout_shared_dim=0, bias=True, initial_scale=0.1,
+            feedforward_dim,
+            embed_dim,
+            activation="SwooshL",
+            dropout_p=dropout,
+            dropout_shared_dim=0,
+            bias=True,
+            initial_scale=0.1,
         )
         self.out_whiten = Whiten(
             num_groups=1, whitening_limit=_whitening_schedule(7.5), prob=(0.025, 0.25), grad_scale=0.01
@@ -442,10 +457,12 @@ class NonlinAttention(nn.Module):
         self.in_proj = nn.Linear(channels, hidden_channels * 3, bias=True)
         # Well-trained instances have pre-tanh magnitudes of ~3; keep them away from tiny values.
         self.balancer = Balancer(
-            hidden_channels, channel_dim=-1,
+            hidden_channels,
+            channel_dim=-1,
             min_positive=ScheduledFloat((0.0, 0.25), (20000.0, 0.05)),
             max_positive=ScheduledFloat((0.0, 0.75), (20000.0, 0.95)),
-            min_abs=0.5, max_abs=5.0,
+            min_abs=0.5,
+            max_abs=5.0,
         )
         self.tanh = nn.Tanh()
         self.identity1 = Identity()
@@ -501,9 +518,11 @@ class ConvolutionModule(nn.Module):
         self.in_proj = nn.Linear(channels, 2 * channels)
         # Keeps the gate input in a range where the sigmoid still has useful derivatives.
         self.balancer1 = Balancer(
-            channels, channel_dim=-1,
+            channels,
+            channel_dim=-1,
             min_positive=ScheduledFloat((0.0, 0.05), (8000.0, 0.025)),
-            max_positive=1.0, min_abs=1.5,
+            max_positive=1.0,
+            min_abs=1.5,
             max_abs=ScheduledFloat((0.0, 5.0), (8000.0, 10.0), default=1.0),
         )
         self.activation1 = Identity()
@@ -514,7 +533,8 @@ class ConvolutionModule(nn.Module):
         else:
             self.depthwise_conv = DepthwiseConv1d(channels, kernel_size=kernel_size, padding=kernel_size // 2)
         self.balancer2 = Balancer(
-            channels, channel_dim=1,
+            channels,
+            channel_dim=1,
             min_positive=ScheduledFloat((0.0, 0.1), (8000.0, 0.05)),
             max_positive=1.0,
             min_abs=ScheduledFloat((0.0, 0.2), (20000.0, 0.5)),
@@ -554,9 +574,7 @@ class ConvolutionModule(nn.Module):
         x = self.balancer2(x).permute(2, 0, 1)
         return self.out_proj(self.whiten(x))
 
-    def streaming_forward(
-        self, x: Tensor, cache: Tensor, src_key_padding_mask: Tensor
-    ) -> tuple[Tensor, Tensor]:
+    def streaming_forward(self, x: Tensor, cache: Tensor, src_key_padding_mask: Tensor) -> tuple[Tensor, Tensor]:
         """``cache`` ``(N, C, kernel // 2)``; returns the output and the new cache."""
         x = self._gate(x, src_key_padding_mask, balance=False)
         x, cache = self.depthwise_conv.streaming_forward(x, cache=cache)
@@ -593,8 +611,12 @@ class Zipformer2EncoderLayer(nn.Module):
         self.ff3_skip_rate = ScheduledFloat((0.0, 0.1), (4000.0, 0.01), (50000.0, 0.0))
 
         self.self_attn_weights = RelPositionMultiheadAttentionWeights(
-            embed_dim, pos_dim=pos_dim, num_heads=num_heads, query_head_dim=query_head_dim,
-            pos_head_dim=pos_head_dim, dropout=0.0,
+            embed_dim,
+            pos_dim=pos_dim,
+            num_heads=num_heads,
+            query_head_dim=query_head_dim,
+            pos_head_dim=pos_head_dim,
+            dropout=0.0,
         )
         self.self_attn1 = SelfAttention(embed_dim, num_heads, value_head_dim)
         self.self_attn2 = SelfAttention(embed_dim, num_heads, value_head_dim)
@@ -611,17 +633,31 @@ class Zipformer2EncoderLayer(nn.Module):
             embed_dim, channel_dim=-1, min_positive=0.45, max_positive=0.55, min_abs=0.2, max_abs=4.0
         )
         self.balancer_na = Balancer(
-            embed_dim, channel_dim=-1, min_positive=0.3, max_positive=0.7,
-            min_abs=ScheduledFloat((0.0, 0.004), (4000.0, 0.02)), prob=0.05,
+            embed_dim,
+            channel_dim=-1,
+            min_positive=0.3,
+            max_positive=0.7,
+            min_abs=ScheduledFloat((0.0, 0.004), (4000.0, 0.02)),
+            prob=0.05,
         )
         # Rarely applied: stops the feedforward outputs from staying too small.
         self.balancer_ff2 = Balancer(
-            embed_dim, channel_dim=-1, min_positive=0.3, max_positive=0.7,
-            min_abs=ScheduledFloat((0.0, 0.0), (4000.0, 0.1), default=0.0), max_abs=2.0, prob=0.05,
+            embed_dim,
+            channel_dim=-1,
+            min_positive=0.3,
+            max_positive=0.7,
+            min_abs=ScheduledFloat((0.0, 0.0), (4000.0, 0.1), default=0.0),
+            max_abs=2.0,
+            prob=0.05,
         )
         self.balancer_ff3 = Balancer(
-            embed_dim, channel_dim=-1, min_positive=0.3, max_positive=0.7,
-            min_abs=ScheduledFloat((0.0, 0.0), (4000.0, 0.2), default=0.0), max_abs=4.0, prob=0.05,
+            embed_dim,
+            channel_dim=-1,
+            min_positive=0.3,
+            max_positive=0.7,
+            min_abs=ScheduledFloat((0.0, 0.0), (4000.0, 0.2), default=0.0),
+            max_abs=4.0,
+            prob=0.05,
         )
         self.whiten = Whiten(
             num_groups=1, whitening_limit=_whitening_schedule(4.0, ratio=3.0), prob=(0.025, 0.25), grad_scale=0.01
@@ -696,7 +732,10 @@ class Zipformer2EncoderLayer(nn.Module):
         chunk_mask = src_key_padding_mask[:, left_context_len:]
         src_orig = src
         attn_weights, cached_key = self.self_attn_weights.streaming_forward(
-            src, pos_emb=pos_emb, cached_key=cached_key, left_context_len=left_context_len,
+            src,
+            pos_emb=pos_emb,
+            cached_key=cached_key,
+            left_context_len=left_context_len,
             key_padding_mask=src_key_padding_mask,
         )
         src = src + self.feed_forward1(src)
@@ -763,8 +802,9 @@ class Zipformer2Encoder(nn.Module):
         pos_emb = self.encoder_pos(src)
         out = src * feature_mask
         for layer in self.layers:
-            out = layer(out, pos_emb, chunk_size=chunk_size, attn_mask=attn_mask,
-                        src_key_padding_mask=src_key_padding_mask)
+            out = layer(
+                out, pos_emb, chunk_size=chunk_size, attn_mask=attn_mask, src_key_padding_mask=src_key_padding_mask
+            )
             out = out * feature_mask
         return out
 
@@ -810,8 +850,13 @@ class DownsampledZipformer2Encoder(nn.Module):
         x = self.downsample(_fill_past_end(src, lengths))
         if attn_mask is not None:
             attn_mask = attn_mask[::ds, ::ds]
-        x = self.encoder(x, chunk_size=chunk_size // ds, feature_mask=feature_mask, attn_mask=attn_mask,
-                         src_key_padding_mask=src_key_padding_mask)
+        x = self.encoder(
+            x,
+            chunk_size=chunk_size // ds,
+            feature_mask=feature_mask,
+            attn_mask=attn_mask,
+            src_key_padding_mask=src_key_padding_mask,
+        )
         x = self.upsample(x)[: src.shape[0]]
         return self.out_combiner(src, x)
 
@@ -859,14 +904,23 @@ class Zipformer2(nn.Module):
         stacks = []
         for i, ds in enumerate(self.downsampling_factor):
             layer = Zipformer2EncoderLayer(
-                embed_dim=self.encoder_dim[i], pos_dim=config.pos_dim, num_heads=self.num_heads[i],
-                query_head_dim=self.query_head_dim[i], pos_head_dim=pos_head_dim[i],
-                value_head_dim=self.value_head_dim[i], feedforward_dim=feedforward_dim[i],
-                dropout=dropout, cnn_module_kernel=self.cnn_module_kernel[i], causal=causal,
+                embed_dim=self.encoder_dim[i],
+                pos_dim=config.pos_dim,
+                num_heads=self.num_heads[i],
+                query_head_dim=self.query_head_dim[i],
+                pos_head_dim=pos_head_dim[i],
+                value_head_dim=self.value_head_dim[i],
+                feedforward_dim=feedforward_dim[i],
+                dropout=dropout,
+                cnn_module_kernel=self.cnn_module_kernel[i],
+                causal=causal,
             )
             # Stacks warm up one after another (layer skipping decays later for later stacks).
             stack: nn.Module = Zipformer2Encoder(
-                layer, self.num_encoder_layers[i], pos_dim=config.pos_dim, dropout=dropout,
+                layer,
+                self.num_encoder_layers[i],
+                pos_dim=config.pos_dim,
+                dropout=dropout,
                 warmup_begin=config.warmup_batches * (i + 1) / (num_stacks + 1),
                 warmup_end=config.warmup_batches * (i + 2) / (num_stacks + 1),
                 final_layerdrop_rate=0.035 * (ds**0.5),
@@ -897,20 +951,24 @@ class Zipformer2(nn.Module):
             masks.append(mask)
         return masks
 
-    def attention_mask(self, num_frames: int, chunk_size: int, left_context_chunks: int,
-                       device: torch.device | str = "cpu") -> Tensor | None:
+    def attention_mask(
+        self, num_frames: int, chunk_size: int, left_context_chunks: int, device: torch.device | str = "cpu"
+    ) -> Tensor | None:
         """``(T, T)`` bool, True where query frame ``i`` may not see key frame ``j``: ``j`` in a later chunk,
         or more than ``left_context_chunks`` chunks earlier (-1 = unlimited). None without chunking."""
         if chunk_size <= 0:
             return None
         if any(chunk_size % ds for ds in self.downsampling_factor):
-            raise ValueError(f"chunk_size {chunk_size} must be a multiple of every downsampling factor "
-                             f"{self.downsampling_factor}")
+            raise ValueError(
+                f"chunk_size {chunk_size} must be a multiple of every downsampling factor {self.downsampling_factor}"
+            )
         if left_context_chunks >= 0:
             for kernel, ds in zip(self.cnn_module_kernel, self.downsampling_factor):
                 if chunk_size * left_context_chunks < (kernel // 2) * ds:
-                    raise ValueError(f"left context of {chunk_size * left_context_chunks} frames is shorter "
-                                     f"than a conv kernel's reach ({kernel // 2} x {ds} frames)")
+                    raise ValueError(
+                        f"left context of {chunk_size * left_context_chunks} frames is shorter "
+                        f"than a conv kernel's reach ({kernel // 2} x {ds} frames)"
+                    )
         else:
             left_context_chunks = num_frames
         chunk = torch.arange(num_frames, device=device) // chunk_size
@@ -945,7 +1003,10 @@ class Zipformer2(nn.Module):
             ds = self.downsampling_factor[i]
             x = convert_num_channels(x, self.encoder_dim[i])
             x = stack(
-                x, chunk_size=chunk_size, feature_mask=feature_masks[i], attn_mask=attn_mask,
+                x,
+                chunk_size=chunk_size,
+                feature_mask=feature_masks[i],
+                attn_mask=attn_mask,
                 src_key_padding_mask=None if src_key_padding_mask is None else src_key_padding_mask[..., ::ds],
                 lengths=lengths,
             )
@@ -978,8 +1039,9 @@ class Zipformer2(nn.Module):
         x = self.downsample_output(self._full_dim_output(outputs))
         return x, (x_lens + 1) // 2, new_states
 
-    def init_states(self, batch_size: int, left_context_frames: int,
-                    device: torch.device | str = "cpu") -> list[Tensor]:
+    def init_states(
+        self, batch_size: int, left_context_frames: int, device: torch.device | str = "cpu"
+    ) -> list[Tensor]:
         states: list[Tensor] = []
         for i, stack in enumerate(self.encoders):
             dim = self.encoder_dim[i]
@@ -1039,8 +1101,13 @@ class ZipformerEncoder(StreamingEncoder):
         first_dim = _per_stack(config.encoder_dim, len(config.downsampling_factor), "encoder_dim")[0]
         layer1, layer2, layer3 = config.embed_channels
         self.encoder_embed = Conv2dSubsampling(
-            config.feature_dim, first_dim, layer1_channels=layer1, layer2_channels=layer2, layer3_channels=layer3,
-            dropout=dropout, convnext=config.embed_convnext,
+            config.feature_dim,
+            first_dim,
+            layer1_channels=layer1,
+            layer2_channels=layer2,
+            layer3_channels=layer3,
+            dropout=dropout,
+            convnext=config.embed_convnext,
         )
         self.encoder = Zipformer2(config, causal=causal, dropout=dropout)
         self.output_dim = max(self.encoder.encoder_dim)
@@ -1114,11 +1181,14 @@ class ZipformerEncoder(StreamingEncoder):
         if not self.causal:
             raise RuntimeError("streaming needs a model built with causal=True")
         if self.chunk_size <= 0 or self.left_context_frames <= 0:
-            raise ValueError(f"streaming needs chunk_size > 0 and left_context_frames > 0, got "
-                             f"{self.chunk_size} and {self.left_context_frames}")
+            raise ValueError(
+                f"streaming needs chunk_size > 0 and left_context_frames > 0, got "
+                f"{self.chunk_size} and {self.left_context_frames}"
+            )
         if self.left_context_frames % self.chunk_size:
-            raise ValueError(f"left_context_frames {self.left_context_frames} must be a multiple of "
-                             f"chunk_size {self.chunk_size}")
+            raise ValueError(
+                f"left_context_frames {self.left_context_frames} must be a multiple of chunk_size {self.chunk_size}"
+            )
         self.encoder.attention_mask(1, self.chunk_size, self.left_context_frames // self.chunk_size)
 
     def init_states(self, batch_size: int = 1, device: torch.device | str = "cpu") -> list[Tensor]:
@@ -1135,9 +1205,7 @@ class ZipformerEncoder(StreamingEncoder):
         num_layers = sum(self.encoder.num_encoder_layers)
         return [1, 1, 1, 1, 0, 0] * num_layers + [0, 0]
 
-    def streaming_forward(
-        self, x: Tensor, x_lens: Tensor, states: list[Tensor]
-    ) -> tuple[Tensor, Tensor, list[Tensor]]:
+    def streaming_forward(self, x: Tensor, x_lens: Tensor, states: list[Tensor]) -> tuple[Tensor, Tensor, list[Tensor]]:
         """Encode one chunk.
 
         Args:
@@ -1150,9 +1218,11 @@ class ZipformerEncoder(StreamingEncoder):
         """
         self._check_streaming()
         if x.shape[1] != self.streaming_feature_frames:
-            raise ValueError(f"streaming chunk has {x.shape[1]} feature frames, expected "
-                             f"{self.streaming_feature_frames} "
-                             f"(2 * chunk_size + {self.encoder_embed.streaming_lookahead})")
+            raise ValueError(
+                f"streaming chunk has {x.shape[1]} feature frames, expected "
+                f"{self.streaming_feature_frames} "
+                f"(2 * chunk_size + {self.encoder_embed.streaming_lookahead})"
+            )
         expected = len(self.state_batch_dims())
         if len(states) != expected:
             raise ValueError(f"got {len(states)} state tensors, expected {expected}")
@@ -1187,10 +1257,17 @@ def build_zipformer(name: str, causal: bool = False, **overrides) -> ZipformerEn
     """A ``ZipformerEncoder`` from a preset name; overrides go to the config or to ``ZipformerEncoder``
     (``chunk_size``, ``left_context_frames``, ``train_chunk_sizes``, ``train_left_context_frames``,
     ``attention_backend``)."""
-    encoder_args = {k: overrides.pop(k) for k in
-                    ("chunk_size", "left_context_frames", "train_chunk_sizes", "train_left_context_frames",
-                     "attention_backend")
-                    if k in overrides}
+    encoder_args = {
+        k: overrides.pop(k)
+        for k in (
+            "chunk_size",
+            "left_context_frames",
+            "train_chunk_sizes",
+            "train_left_context_frames",
+            "attention_backend",
+        )
+        if k in overrides
+    }
     config = zipformer_config(name, **overrides)
     return ZipformerEncoder(config, causal=causal, **encoder_args)
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -29,8 +29,8 @@ from asr.decoding import (
 )
 from asr.decoding.lexicon import Lexicon
 from asr.encoders import StreamingEncoder
-from asr.models import AsrModel
 from asr.lm import NgramLM
+from asr.models import AsrModel
 from asr.streaming import is_streaming_encoder, simulate_streaming
 from asr.streaming.simulate import LOG_EPS  # what training pads with
 
@@ -103,7 +103,10 @@ def batches(utterances: Iterable[Utterance], max_frames: int) -> Iterator[list[U
 
 
 def encode(
-    model: AsrModel, features: torch.Tensor, feature_lens: torch.Tensor, chunk_size: int | None,
+    model: AsrModel,
+    features: torch.Tensor,
+    feature_lens: torch.Tensor,
+    chunk_size: int | None,
     left_context_frames: int | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Encoder output ``(N, T', C)`` and lengths ``(N,)`` of a padded batch ``(N, T, F)``, ``(N,)``.
@@ -149,8 +152,13 @@ class WordScoring:
 
 
 def search(
-    model: AsrModel, method: str, enc_out: torch.Tensor, enc_lens: torch.Tensor, beam: int,
-    fusion: LmFusion | None = None, words: WordScoring | None = None,
+    model: AsrModel,
+    method: str,
+    enc_out: torch.Tensor,
+    enc_lens: torch.Tensor,
+    beam: int,
+    fusion: LmFusion | None = None,
+    words: WordScoring | None = None,
 ) -> list[Hypothesis]:
     if method in ("greedy", "modified_beam_search") and not model.has_transducer:
         raise ValueError(f"--method {method} needs a transducer head; this model has {model.heads}")
@@ -167,8 +175,13 @@ def search(
         if fusion is not None:
             options.update(lm=fusion.lm, lm_scale=fusion.scale, lm_final=fusion.final, lm_bonus=fusion.bonus)
         if words is not None:
-            options.update(lexicon=words.lexicon, oov_penalty=words.penalty, word_lm=words.word_lm,
-                           word_lm_scale=words.word_lm_scale, word_bonus=words.word_bonus)
+            options.update(
+                lexicon=words.lexicon,
+                oov_penalty=words.penalty,
+                word_lm=words.word_lm,
+                word_lm_scale=words.word_lm_scale,
+                word_bonus=words.word_bonus,
+            )
         return modified_beam_search(model, enc_out, enc_lens, beam=beam, **options)
     log_probs = model.ctc_log_probs(enc_out)
     if method == "ctc_greedy":
@@ -226,9 +239,7 @@ def decode(
         started = time.perf_counter()
         device = next(model.parameters()).device
         feature_lens = torch.tensor([u.features.size(0) for u in batch], dtype=torch.int64)
-        features = torch.nn.utils.rnn.pad_sequence(
-            [u.features for u in batch], batch_first=True, padding_value=LOG_EPS
-        )
+        features = torch.nn.utils.rnn.pad_sequence([u.features for u in batch], batch_first=True, padding_value=LOG_EPS)
         features, feature_lens = features.to(device), feature_lens.to(device)
         enc_out, enc_lens = encode(model, features, feature_lens, chunk_size, left_context_frames)
         results = search(model, method, enc_out, enc_lens, beam, fusion, words)

@@ -105,9 +105,7 @@ def ngram_counts(
     return result
 
 
-def adjusted_counts(
-    raw: list[tuple[np.ndarray, np.ndarray]], vocab_size: int
-) -> list[np.ndarray]:
+def adjusted_counts(raw: list[tuple[np.ndarray, np.ndarray]], vocab_size: int) -> list[np.ndarray]:
     """Kneser-Ney counts aligned with ``raw``'s codes: raw counts for the highest order and for
     n-grams starting with ``<s>``, continuation counts (distinct left neighbours) for the rest."""
     order = len(raw)
@@ -160,8 +158,12 @@ class _Order:
 
     @classmethod
     def build(
-        cls, contexts: np.ndarray, words: np.ndarray, log_probs: np.ndarray,
-        backoff_contexts: np.ndarray, backoffs: np.ndarray,
+        cls,
+        contexts: np.ndarray,
+        words: np.ndarray,
+        log_probs: np.ndarray,
+        backoff_contexts: np.ndarray,
+        backoffs: np.ndarray,
     ) -> _Order:
         """From unsorted entries; a context with a backoff weight but no entries is kept too."""
         contexts, words = np.asarray(contexts, np.int64), np.asarray(words, np.int64)
@@ -266,14 +268,20 @@ class NgramLM:
             keep = counts >= min_counts[n - 1]
             # Backoff weight of each context: gamma plus the discounted mass of its dropped n-grams,
             # renormalised over the lower-order mass of the words it no longer predicts itself.
-            dropped = np.bincount(group[~keep], weights=((a - discount) / totals[group])[~keep],
-                                  minlength=unique_contexts.size)
+            dropped = np.bincount(
+                group[~keep], weights=((a - discount) / totals[group])[~keep], minlength=unique_contexts.size
+            )
             lower_kept = np.bincount(group[keep], weights=lower[keep], minlength=unique_contexts.size)
             has_kept = np.bincount(group[keep], minlength=unique_contexts.size) > 0
             backoff = gamma + dropped / np.maximum(1.0 - lower_kept, 1e-300)
             orders.append(
-                _Order.build(contexts[keep], words[keep], np.log(probs[keep]),
-                             unique_contexts[has_kept], np.log(backoff[has_kept]))
+                _Order.build(
+                    contexts[keep],
+                    words[keep],
+                    np.log(probs[keep]),
+                    unique_contexts[has_kept],
+                    np.log(backoff[has_kept]),
+                )
             )
         return cls(order, symbols, orders)
 
@@ -286,7 +294,7 @@ class NgramLM:
         """The state after ``token`` (a word id, >= 2): the last ``order - 1`` ids."""
         if self.order == 1:
             return ()
-        return (*state, token)[-(self.order - 1):]
+        return (*state, token)[-(self.order - 1) :]
 
     def log_probs(self, state: tuple[int, ...]) -> np.ndarray:
         """``(V,)`` float32 natural-log ``p(id | state)`` for every id; ids 0 (blank) and 1
@@ -302,7 +310,7 @@ class NgramLM:
         uncached reference of :meth:`log_probs`."""
         if token == BLANK_ID:
             return -math.inf
-        context = tuple(state)[len(state) - min(len(state), self.order - 1):]
+        context = tuple(state)[len(state) - min(len(state), self.order - 1) :]
         backoff = 0.0
         while True:
             level = self._orders[len(context)]
@@ -336,7 +344,7 @@ class NgramLM:
         cached = self._cache.get(state)
         if cached is not None:
             return cached
-        context = tuple(state)[len(state) - min(len(state), self.order - 1):]
+        context = tuple(state)[len(state) - min(len(state), self.order - 1) :]
         index = self._orders[len(context)].find(_encode(context, self.vocab_size))
         if index < 0 and context:  # not a context of the model: same distribution as its suffix
             result = self._dense(context[1:])
@@ -381,15 +389,20 @@ class NgramLM:
                     f.write(f"{ARPA_LOG10_ZERO:.7g}\t{BOS}\n")
                 codes = np.repeat(level.contexts, np.diff(level.offsets)) * self.vocab_size + level.words
                 backoffs = np.zeros(codes.size)
-                if higher is not None and higher.contexts.size:  # an n-gram's backoff weight is stored with the context it makes
+                if (
+                    higher is not None and higher.contexts.size
+                ):  # an n-gram's backoff weight is stored with the context it makes
                     found = np.minimum(np.searchsorted(higher.contexts, codes), higher.contexts.size - 1)
                     match = (higher.contexts[found] == codes) & (level.words != SENTENCE_ID)
                     backoffs[match] = higher.backoffs[found[match]] / LN10
                 for c, context in enumerate(level.contexts.tolist()):
                     names = " ".join(self._context_names(_decode(context, n - 1, self.vocab_size)) + [""])
                     start, end = level.offsets[c], level.offsets[c + 1]
-                    for word, lp, bow in zip(level.words[start:end].tolist(), level.log_probs[start:end].tolist(),
-                                             backoffs[start:end].tolist()):
+                    for word, lp, bow in zip(
+                        level.words[start:end].tolist(),
+                        level.log_probs[start:end].tolist(),
+                        backoffs[start:end].tolist(),
+                    ):
                         name = EOS if word == SENTENCE_ID else self.symbols[word]
                         if bow != 0.0:
                             f.write(f"{lp / LN10:.7g}\t{names}{name}\t{bow:.7g}\n")
@@ -490,9 +503,15 @@ class NgramLM:
         for k, (contexts, words, log_probs) in enumerate(entries):
             # backoff weights of (k)-grams belong to the contexts of order k + 1
             lower_backoffs = backoffs[k - 1] if k > 0 else ([], [])
-            orders.append(_Order.build(np.array(contexts, np.int64), np.array(words, np.int64),
-                                       np.array(log_probs), np.array(lower_backoffs[0], np.int64),
-                                       np.array(lower_backoffs[1])))
+            orders.append(
+                _Order.build(
+                    np.array(contexts, np.int64),
+                    np.array(words, np.int64),
+                    np.array(log_probs),
+                    np.array(lower_backoffs[0], np.int64),
+                    np.array(lower_backoffs[1]),
+                )
+            )
         model = cls(len(entries), symbol_table, orders)
         log.info("loaded %s: %s n-grams in %.1f s", path, model.num_ngrams, time.perf_counter() - started)
         return model

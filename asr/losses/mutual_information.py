@@ -87,9 +87,7 @@ def _start_and_end(
     return s_begin + t_begin, s_begin, s_end + t_end, s_end
 
 
-def _forward_scores(
-    x_steps: Tensor, y_steps: Tensor, start_step: Tensor, start_s: Tensor
-) -> Tensor:
+def _forward_scores(x_steps: Tensor, y_steps: Tensor, start_step: Tensor, start_s: Tensor) -> Tensor:
     """alpha ``(B, K, S+1)``: log-sum of all paths from the start cell to each cell."""
     batch, num_moves, num_symbols = x_steps.shape
     alpha = x_steps.new_full((batch, num_moves + 1, num_symbols + 1), _NEG_INF)
@@ -109,9 +107,7 @@ def _forward_scores(
     return alpha
 
 
-def _backward_scores(
-    x_steps: Tensor, y_steps: Tensor, end_step: Tensor, end_s: Tensor
-) -> Tensor:
+def _backward_scores(x_steps: Tensor, y_steps: Tensor, end_step: Tensor, end_s: Tensor) -> Tensor:
     """beta ``(B, K, S+1)``: log-sum of all paths from each cell to the end cell."""
     batch, num_moves, num_symbols = x_steps.shape
     beta = x_steps.new_full((batch, num_moves + 1, num_symbols + 1), _NEG_INF)
@@ -157,9 +153,7 @@ class _MutualInformationRecursion(torch.autograd.Function):
         y_steps += beta[:, 1:]
         y_steps -= total
         del alpha, beta
-        x_grad, y_grad = _from_steps(
-            x_steps.exp_(), y_steps.exp_(), px.shape, py.shape, modified
-        )
+        x_grad, y_grad = _from_steps(x_steps.exp_(), y_steps.exp_(), px.shape, py.shape, modified)
         ctx.save_for_backward(x_grad, y_grad)
         ctx.mark_non_differentiable(x_grad, y_grad)
         return scores, x_grad, y_grad
@@ -169,8 +163,7 @@ class _MutualInformationRecursion(torch.autograd.Function):
         px_grad, py_grad = ctx.saved_tensors
         if px_grad is None:
             raise RuntimeError(
-                "mutual_information_recursion: gradients were not prepared in forward "
-                "(px/py did not require grad)"
+                "mutual_information_recursion: gradients were not prepared in forward (px/py did not require grad)"
             )
         scale = score_grad.reshape(-1, 1, 1)
         return px_grad * scale, py_grad * scale, None, None

@@ -41,9 +41,7 @@ __all__ = [
 
 def _check_simple_inputs(lm: Tensor, am: Tensor, symbols: Tensor, boundary: Tensor | None) -> None:
     if lm.ndim != 3 or am.ndim != 3 or lm.shape[0] != am.shape[0] or lm.shape[2] != am.shape[2]:
-        raise ValueError(
-            f"lm must be (B, S+1, C) and am (B, T, C), got {tuple(lm.shape)} and {tuple(am.shape)}"
-        )
+        raise ValueError(f"lm must be (B, S+1, C) and am (B, T, C), got {tuple(lm.shape)} and {tuple(am.shape)}")
     batch, num_frames, _ = am.shape
     num_symbols = lm.shape[1] - 1
     if symbols.shape != (batch, num_symbols):
@@ -70,8 +68,10 @@ class _SimpleLattice:
         self.am_probs = (am - self.am_max).exp()
         tiny = torch.finfo(am.dtype).tiny  # keeps log() finite if every product underflows
         self.log_norm = (
-            torch.matmul(self.lm_probs, self.am_probs.transpose(1, 2)) + tiny
-        ).log() + self.lm_max + self.am_max.transpose(1, 2)
+            (torch.matmul(self.lm_probs, self.am_probs.transpose(1, 2)) + tiny).log()
+            + self.lm_max
+            + self.am_max.transpose(1, 2)
+        )
         self.px_am = am.gather(2, symbols.unsqueeze(1).expand(batch, num_frames, num_symbols)).transpose(1, 2)
         self.px_lm = lm[:, :num_symbols].gather(2, symbols.unsqueeze(-1))
         self.py_am = am[:, :, termination_symbol].unsqueeze(1)
@@ -176,9 +176,9 @@ def get_rnnt_logprobs_smoothed(
     if am_only_scale != 0.0:
         unigram = (lattice.lm_probs / lm_sums).mean(dim=(0, 1)) + 1.0e-20  # (C,)
         log_unigram = unigram.log()
-        am_only_norm = (
-            torch.matmul(lattice.am_probs, unigram).log() + lattice.am_max.squeeze(2)
-        ).unsqueeze(1)  # (B, 1, T)
+        am_only_norm = (torch.matmul(lattice.am_probs, unigram).log() + lattice.am_max.squeeze(2)).unsqueeze(
+            1
+        )  # (B, 1, T)
         px_prior = log_unigram[lattice.symbols].unsqueeze(-1)  # (B, S, 1)
         px = px + am_only_scale * (lattice.px_am + px_prior - am_only_norm)
         py = py + am_only_scale * (lattice.py_am + log_unigram[termination_symbol] - am_only_norm)
@@ -295,8 +295,7 @@ def do_rnnt_pruning(am: Tensor, lm: Tensor, ranges: Tensor) -> tuple[Tensor, Ten
     """
     if ranges.ndim != 3 or tuple(ranges.shape[:2]) != tuple(am.shape[:2]) or lm.shape[0] != am.shape[0]:
         raise ValueError(
-            f"ranges {tuple(ranges.shape)} must be (B, T, s_range) for am {tuple(am.shape)}, "
-            f"lm {tuple(lm.shape)}"
+            f"ranges {tuple(ranges.shape)} must be (B, T, s_range) for am {tuple(am.shape)}, lm {tuple(lm.shape)}"
         )
     batch, num_frames, s_range = ranges.shape
     am_pruned = am.unsqueeze(2).expand(batch, num_frames, s_range, am.shape[2])

@@ -46,14 +46,11 @@ def check_boundary(boundary: Tensor | None, batch: int, num_symbols: int, num_fr
         return
     if boundary.shape != (batch, 4) or boundary.dtype != torch.int64:
         raise ValueError(
-            f"boundary must be an int64 tensor of shape ({batch}, 4), "
-            f"got {boundary.dtype} {tuple(boundary.shape)}"
+            f"boundary must be an int64 tensor of shape ({batch}, 4), got {boundary.dtype} {tuple(boundary.shape)}"
         )
     s_end, t_end = boundary[:, 2], boundary[:, 3]
     if bool((s_end > num_symbols).any()) or bool((t_end > num_frames).any()) or bool((boundary < 0).any()):
-        raise ValueError(
-            f"boundary rows must lie within S={num_symbols}, T={num_frames}: {boundary.tolist()}"
-        )
+        raise ValueError(f"boundary rows must lie within S={num_symbols}, T={num_frames}: {boundary.tolist()}")
 
 
 def reduce_loss(negated_loss: Tensor, reduction: str | None) -> Tensor:
@@ -88,9 +85,7 @@ def finish_px(px: Tensor, py: Tensor, boundary: Tensor | None, rnnt_type: str) -
     return px
 
 
-def apply_delay_penalty(
-    px: Tensor, boundary: Tensor | None, rnnt_type: str, delay_penalty: float
-) -> Tensor:
+def apply_delay_penalty(px: Tensor, boundary: Tensor | None, rnnt_type: str, delay_penalty: float) -> Tensor:
     """k2's delay penalty: adds ``delay_penalty * ((T_b - 1) / 2 - t)`` to every symbol emission on
     frame ``t``, rewarding early emission (zero net effect on a uniformly spread alignment)."""
     if delay_penalty <= 0.0:
@@ -124,9 +119,7 @@ class _LogSoftmaxGather(torch.autograd.Function):
             chunk = logits[:, t0 : t0 + step].to(compute_dtype)
             chunk_norm = torch.logsumexp(chunk, dim=-1)
             log_norm[:, t0 : t0 + step] = chunk_norm
-            gathered[:, t0 : t0 + step] = (
-                chunk.gather(-1, index[:, t0 : t0 + step]) - chunk_norm.unsqueeze(-1)
-            )
+            gathered[:, t0 : t0 + step] = chunk.gather(-1, index[:, t0 : t0 + step]) - chunk_norm.unsqueeze(-1)
         ctx.save_for_backward(logits, index, log_norm)
         return gathered
 
@@ -195,8 +188,7 @@ def get_rnnt_logprobs_joint(
     num_symbols = rows - 1
     if symbols.shape != (batch, num_symbols):
         raise ValueError(
-            f"symbols must be ({batch}, {num_symbols}) for logits {tuple(logits.shape)}, "
-            f"got {tuple(symbols.shape)}"
+            f"symbols must be ({batch}, {num_symbols}) for logits {tuple(logits.shape)}, got {tuple(symbols.shape)}"
         )
     check_boundary(boundary, batch, num_symbols, num_frames)
     blank = torch.full((batch, 1), termination_symbol, dtype=torch.int64, device=symbols.device)

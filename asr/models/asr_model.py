@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -31,7 +32,9 @@ class AsrLosses(NamedTuple):
     ctc: torch.Tensor | None
 
 
-def pad_tokens(tokens: Sequence[Sequence[int]], vocab_size: int, blank_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_tokens(
+    tokens: Sequence[Sequence[int]], vocab_size: int, blank_id: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Token lists to a zero-padded ``(N, S)`` int64 tensor and lengths ``(N,)``.
 
     Raises ``ValueError`` naming the utterance for ids outside ``[0, vocab_size)`` or equal to blank.
@@ -41,9 +44,7 @@ def pad_tokens(tokens: Sequence[Sequence[int]], vocab_size: int, blank_id: int =
     for i, seq in enumerate(tokens):
         bad = [t for t in seq if not 0 <= t < vocab_size or t == blank_id]
         if bad:
-            raise ValueError(
-                f"utterance {i}: token ids {bad[:5]} are blank ({blank_id}) or outside [0, {vocab_size})"
-            )
+            raise ValueError(f"utterance {i}: token ids {bad[:5]} are blank ({blank_id}) or outside [0, {vocab_size})")
         padded[i, : len(seq)] = torch.as_tensor(list(seq), dtype=torch.int64)
     return padded, torch.tensor(lengths, dtype=torch.int64)
 
@@ -118,7 +119,9 @@ class AsrModel(nn.Module):
         enc_out, enc_lens = self.encoder(x, x_lens)
         if torch.any(enc_lens <= 0):
             short = torch.nonzero(enc_lens <= 0).flatten().tolist()
-            raise ValueError(f"utterances {short} are too short for the encoder (input lengths {x_lens[short].tolist()})")
+            raise ValueError(
+                f"utterances {short} are too short for the encoder (input lengths {x_lens[short].tolist()})"
+            )
         return enc_out, enc_lens
 
     def encoder_output_lengths(self, x_lens: torch.Tensor) -> torch.Tensor:
@@ -191,9 +194,7 @@ class AsrModel(nn.Module):
         self, enc_out: torch.Tensor, enc_lens: torch.Tensor, targets: torch.Tensor, target_lens: torch.Tensor
     ) -> torch.Tensor:
         """CTC loss summed over the batch; targets ``(N, S)`` zero-padded."""
-        return asr_losses.ctc_loss(
-            self.ctc_log_probs(enc_out), targets, enc_lens, target_lens, reduction="sum"
-        )
+        return asr_losses.ctc_loss(self.ctc_log_probs(enc_out), targets, enc_lens, target_lens, reduction="sum")
 
     def forward(
         self,

@@ -7,9 +7,8 @@ weights, so a checkpoint needs only its path to be loaded.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
-
-import torch
+from collections.abc import Sequence
+from typing import Any
 
 import asr.encoders as asr_encoders
 from asr.models.asr_model import HEADS, AsrModel

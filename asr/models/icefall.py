@@ -57,11 +57,14 @@ def read_icefall_checkpoint(path: str | os.PathLike, trust_pickle: bool = False)
     except pickle.UnpicklingError as err:
         if trust_pickle:
             raise ValueError(f"{path}: cannot read checkpoint: {_first_line(err)}") from err
-        raise ValueError(f"{path}: the checkpoint holds Python objects besides tensors "
-                         "(if you trust the file, add --trust-pickle)") from err
+        raise ValueError(
+            f"{path}: the checkpoint holds Python objects besides tensors (if you trust the file, add --trust-pickle)"
+        ) from err
     except Exception as err:  # torch raises several types for a truncated or foreign file
-        raise ValueError(f"{path}: cannot read checkpoint (truncated, or not a PyTorch file): "
-                         f"{type(err).__name__}: {_first_line(err)}") from err
+        raise ValueError(
+            f"{path}: cannot read checkpoint (truncated, or not a PyTorch file): "
+            f"{type(err).__name__}: {_first_line(err)}"
+        ) from err
     if isinstance(checkpoint, dict) and checkpoint.get("format") in ("asr-model", "asr-train"):
         raise ValueError(f"{path} is already an asr checkpoint (format={checkpoint['format']!r})")
     state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
@@ -96,18 +99,36 @@ def head_config(state: dict[str, torch.Tensor], source: str = "input") -> dict[s
     heads = [head for head in HEADS if any(HEAD_MODULES.get(m) == head for m in modules)]
     if not heads:
         raise ValueError(f"{source}: no head entries ({', '.join(f'{m}.*' for m in HEAD_MODULES)})")
-    vocab = _dim(state, [("decoder.embedding.weight", 0), ("ctc_output.1.weight", 0),
-                         ("joiner.output_linear.weight", 0), ("simple_am_proj.weight", 0),
-                         ("simple_lm_proj.weight", 0), ("ctc_output.1.bias", 0)])
+    vocab = _dim(
+        state,
+        [
+            ("decoder.embedding.weight", 0),
+            ("ctc_output.1.weight", 0),
+            ("joiner.output_linear.weight", 0),
+            ("simple_am_proj.weight", 0),
+            ("simple_lm_proj.weight", 0),
+            ("ctc_output.1.bias", 0),
+        ],
+    )
     if vocab is None:
-        raise ValueError(f"{source}: cannot tell the vocabulary size: no decoder.embedding.weight or "
-                         "ctc_output.1.weight")
+        raise ValueError(
+            f"{source}: cannot tell the vocabulary size: no decoder.embedding.weight or ctc_output.1.weight"
+        )
     config: dict[str, Any] = {"heads": heads, "vocab_size": vocab}
     if "transducer" in heads:
-        decoder_dim = _dim(state, [("decoder.embedding.weight", 1), ("simple_lm_proj.weight", 1),
-                                   ("joiner.decoder_proj.weight", 1), ("decoder.conv.weight", 0)])
-        joiner_dim = _dim(state, [("joiner.encoder_proj.weight", 0), ("joiner.decoder_proj.weight", 0),
-                                  ("joiner.output_linear.weight", 1)])
+        decoder_dim = _dim(
+            state,
+            [
+                ("decoder.embedding.weight", 1),
+                ("simple_lm_proj.weight", 1),
+                ("joiner.decoder_proj.weight", 1),
+                ("decoder.conv.weight", 0),
+            ],
+        )
+        joiner_dim = _dim(
+            state,
+            [("joiner.encoder_proj.weight", 0), ("joiner.decoder_proj.weight", 0), ("joiner.output_linear.weight", 1)],
+        )
         if decoder_dim is None:
             raise ValueError(f"{source}: cannot tell the decoder dim: no decoder.embedding.weight")
         if joiner_dim is None:
@@ -156,20 +177,26 @@ def convert_icefall(
             del state[key]
     foreign = sorted({k.split(".")[0] for k in state if not k.startswith(ENCODER_PREFIXES)} - set(HEAD_MODULES))
     if foreign:
-        counts = ", ".join(f"{m}.* ({n} tensor{'s' * (n != 1)})" for m in foreign
-                           for n in [sum(k.split(".")[0] == m for k in state)])
-        raise ValueError(f"{source}: entries that are not part of an asr model: {counts}; "
-                         f"drop them with --ignore {' --ignore '.join(foreign)}")
+        counts = ", ".join(
+            f"{m}.* ({n} tensor{'s' * (n != 1)})" for m in foreign for n in [sum(k.split(".")[0] == m for k in state)]
+        )
+        raise ValueError(
+            f"{source}: entries that are not part of an asr model: {counts}; "
+            f"drop them with --ignore {' --ignore '.join(foreign)}"
+        )
     if not any(k.startswith(ENCODER_PREFIXES) for k in state):
         raise ValueError(f"{source}: no encoder_embed.* / encoder.* entries")
     heads = head_config(state, source)
     sizes = {k: v for k, v in heads.items() if k not in ("heads", "vocab_size")}
     try:
-        model = build_model(encoder, heads["vocab_size"], heads=heads["heads"], causal=causal,
-                            encoder_kwargs=overrides, **sizes)
+        model = build_model(
+            encoder, heads["vocab_size"], heads=heads["heads"], causal=causal, encoder_kwargs=overrides, **sizes
+        )
     except (TypeError, ValueError) as err:  # an unknown encoder or --set field, or unbuildable head sizes
-        raise ValueError(f"{source}: cannot build {encoder} (causal={causal}, --set {overrides}, head sizes "
-                         f"{heads}): {_first_line(err)}") from err
+        raise ValueError(
+            f"{source}: cannot build {encoder} (causal={causal}, --set {overrides}, head sizes "
+            f"{heads}): {_first_line(err)}"
+        ) from err
     # Compared in icefall's names, so that the messages name entries as the input has them; our only
     # ``encoder.`` entries are the encoder's.
     expected = {k.removeprefix("encoder."): v for k, v in model.state_dict().items()}
@@ -177,10 +204,18 @@ def convert_icefall(
     unexpected = sorted(set(state) - set(expected))
     mismatched = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
     if missing or unexpected or mismatched:
-        problems = [f"{name}: {_show(keys)}" for name, keys in
-                    (("missing", missing), ("unexpected", unexpected),
-                     ("shape mismatch", [f"{k} {tuple(state[k].shape)} vs ours {tuple(expected[k].shape)}"
-                                         for k in mismatched])) if keys]
+        problems = [
+            f"{name}: {_show(keys)}"
+            for name, keys in (
+                ("missing", missing),
+                ("unexpected", unexpected),
+                (
+                    "shape mismatch",
+                    [f"{k} {tuple(state[k].shape)} vs ours {tuple(expected[k].shape)}" for k in mismatched],
+                ),
+            )
+            if keys
+        ]
         looks_causal = any(".causal_conv." in k for k in state if k.startswith(ENCODER_PREFIXES))
         hint = ""
         if looks_causal and not causal:

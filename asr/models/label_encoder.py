@@ -76,8 +76,9 @@ class LabelEncoder(nn.Module):
         c = self.context_size
         if not need_pad:
             if tokens.size(1) != c:
-                raise ValueError(f"without padding the label encoder needs exactly context_size={c} tokens, "
-                                 f"got {tokens.size(1)}")
+                raise ValueError(
+                    f"without padding the label encoder needs exactly context_size={c} tokens, got {tokens.size(1)}"
+                )
             return self._encode_windows(tokens).unsqueeze(1)
         n, u = tokens.shape
         padded = F.pad(tokens, (c - 1, 0), value=-1)

@@ -96,9 +96,7 @@ class Joiner(nn.Module):
         self.decoder_proj = scaled_linear(decoder_dim, joiner_dim, initial_scale=0.25)
         self.output_linear = nn.Linear(joiner_dim, vocab_size)
 
-    def forward(
-        self, encoder_out: torch.Tensor, decoder_out: torch.Tensor, project_input: bool = True
-    ) -> torch.Tensor:
+    def forward(self, encoder_out: torch.Tensor, decoder_out: torch.Tensor, project_input: bool = True) -> torch.Tensor:
         """
         Args:
             encoder_out: ``(..., encoder_dim)``, or ``(..., joiner_dim)`` already projected.

@@ -56,9 +56,7 @@ def relative_sinusoidal_encoding(offsets: Tensor, dim: int) -> Tensor:
     ``sin(t·w_k)`` and ``2k+1`` = ``cos(t·w_k)``, ``w_k = 10000^(-2k/dim)``."""
     if dim % 2:
         raise ValueError(f"relative_sinusoidal_encoding: dim must be even, got {dim}")
-    freqs = torch.exp(
-        torch.arange(0, dim, 2, device=offsets.device, dtype=torch.float32) * (-math.log(10000.0) / dim)
-    )
+    freqs = torch.exp(torch.arange(0, dim, 2, device=offsets.device, dtype=torch.float32) * (-math.log(10000.0) / dim))
     angles = offsets.to(torch.float32).unsqueeze(-1) * freqs
     return torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(-2)
 
@@ -125,9 +123,7 @@ class RelPositionMultiheadAttention(nn.Module):
         if not 0.0 <= relaxed_attention_gamma < 1.0:
             raise ValueError(f"relaxed_attention_gamma must be in [0, 1), got {relaxed_attention_gamma}")
         if attention_backend not in fused_attention.BACKENDS:
-            raise ValueError(
-                f"attention_backend must be one of {fused_attention.BACKENDS}, got {attention_backend!r}"
-            )
+            raise ValueError(f"attention_backend must be one of {fused_attention.BACKENDS}, got {attention_backend!r}")
         self.attention_backend = attention_backend
         self.embed_dim = embed_dim
         self.num_heads = num_heads

@@ -81,7 +81,7 @@ class ConformerConvModule(nn.Module):
         if not self.causal:
             raise RuntimeError("streaming_forward needs a causal ConformerConvModule")
         x = torch.cat([cache, self._gated(x)], dim=2)
-        new_cache = x[:, :, x.size(2) - (self.kernel_size - 1):]
+        new_cache = x[:, :, x.size(2) - (self.kernel_size - 1) :]
         return self._finish(self.depthwise_conv(x)), new_cache
 
 

@@ -40,7 +40,8 @@ class DepthwiseConv1d(nn.Conv1d):
         if runs_in_cuda_float16(x):
             bias = None if self.bias is None else self.bias.float()
             with torch.autocast("cuda", enabled=False):
-                y = F.conv1d(x.float(), self.weight.float(), bias, self.stride, self.padding, self.dilation, self.groups)
+                y = F.conv1d(
+                    x.float(), self.weight.float(), bias, self.stride, self.padding, self.dilation, self.groups
+                )
             return y.to(torch.float16)
         return super().forward(x)
-

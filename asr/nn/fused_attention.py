@@ -159,15 +159,30 @@ class RelPosAttentionInputs:
         q_pos = None if self.q_pos is None else self.q_pos[heads]
         pos_table = None if self.pos_table is None else self.pos_table[heads]
         return rel_pos_attention_weights(
-            self.q[heads], self.k[heads], q_pos, pos_table, self.key_padding_mask, self.chunk_size,
-            self.left_chunks, self.scale, self.backend,
+            self.q[heads],
+            self.k[heads],
+            q_pos,
+            pos_table,
+            self.key_padding_mask,
+            self.chunk_size,
+            self.left_chunks,
+            self.scale,
+            self.backend,
         )
 
     def attend(self, values: Tensor) -> Tensor:
         """``values`` ``(H, N, T_k, D_v)`` -> ``(H, N, T_q, D_v)``."""
         return rel_pos_attention(
-            self.q, self.k, values, self.q_pos, self.pos_table, self.key_padding_mask, self.chunk_size,
-            self.left_chunks, self.scale, self.backend,
+            self.q,
+            self.k,
+            values,
+            self.q_pos,
+            self.pos_table,
+            self.key_padding_mask,
+            self.chunk_size,
+            self.left_chunks,
+            self.scale,
+            self.backend,
         )
 
 

@@ -29,9 +29,7 @@ def padding_mask(lengths: Tensor, max_len: int | None = None) -> Tensor:
     return torch.arange(T, device=lengths.device) >= lengths.unsqueeze(-1)
 
 
-def limited_context_mask(
-    num_frames: int, left: int, right: int, device: torch.device | str = "cpu"
-) -> Tensor:
+def limited_context_mask(num_frames: int, left: int, right: int, device: torch.device | str = "cpu") -> Tensor:
     """``(T, T)`` mask letting query ``i`` see keys ``i - left .. i + right``; ``-1`` = unlimited on
     that side (``left=-1, right=0`` is the causal mask)."""
     if left < -1 or right < -1:
@@ -46,9 +44,7 @@ def limited_context_mask(
     return masked
 
 
-def chunked_mask(
-    num_frames: int, chunk_size: int, left_chunks: int = -1, device: torch.device | str = "cpu"
-) -> Tensor:
+def chunked_mask(num_frames: int, chunk_size: int, left_chunks: int = -1, device: torch.device | str = "cpu") -> Tensor:
     """``(T, T)`` mask for chunk-wise streaming: frames are cut into chunks of ``chunk_size``; a query
     sees every frame of its own chunk and of the ``left_chunks`` chunks before it (``-1`` = all of them),
     nothing later. ``chunk_size <= 0`` means one chunk (full attention)."""
@@ -73,6 +69,7 @@ def combine_with_padding(mask: Tensor | None, key_padding: Tensor | None) -> Ten
     if mask is None:
         return combined.expand(-1, key_padding.size(1), -1)
     if mask.size(-1) != key_padding.size(1):
-        raise ValueError(f"combine_with_padding: mask has {mask.size(-1)} key frames, padding mask "
-                         f"{key_padding.size(1)}")
+        raise ValueError(
+            f"combine_with_padding: mask has {mask.size(-1)} key frames, padding mask {key_padding.size(1)}"
+        )
     return combined | mask.unsqueeze(0)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -49,7 +48,7 @@ class CompactRelPositionalEncoding(nn.Module):
         self.embed_dim = embed_dim
         self.dropout = Dropout2(dropout_rate)
         self.length_factor = length_factor
-        self.pe: Optional[Tensor] = None
+        self.pe: Tensor | None = None
         self.extend_pe(torch.tensor(0.0).expand(max_len))
 
     def extend_pe(self, x: Tensor, left_context_len: int = 0) -> None:

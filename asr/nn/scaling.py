@@ -17,7 +17,6 @@ from __future__ import annotations
 import bisect
 import math
 import random
-from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -105,30 +104,30 @@ class PiecewiseLinear:
     def __eq__(self, other) -> bool:
         return isinstance(other, PiecewiseLinear) and self.pairs == other.pairs
 
-    def __mul__(self, alpha: float) -> "PiecewiseLinear":
+    def __mul__(self, alpha: float) -> PiecewiseLinear:
         return PiecewiseLinear(*[(x, y * alpha) for x, y in self.pairs])
 
-    def __add__(self, other: Union[float, "PiecewiseLinear"]) -> "PiecewiseLinear":
+    def __add__(self, other: float | PiecewiseLinear) -> PiecewiseLinear:
         if isinstance(other, (float, int)):
             return PiecewiseLinear(*[(x, y + other) for x, y in self.pairs])
         a, b = self.get_common_basis(other)
         return PiecewiseLinear(*[(x, ya + yb) for (x, ya), (_, yb) in zip(a.pairs, b.pairs)])
 
-    def max(self, other: Union[float, "PiecewiseLinear"]) -> "PiecewiseLinear":
+    def max(self, other: float | PiecewiseLinear) -> PiecewiseLinear:
         return self._combine(other, max)
 
-    def min(self, other: Union[float, "PiecewiseLinear"]) -> "PiecewiseLinear":
+    def min(self, other: float | PiecewiseLinear) -> PiecewiseLinear:
         return self._combine(other, min)
 
-    def _combine(self, other, op) -> "PiecewiseLinear":
+    def _combine(self, other, op) -> PiecewiseLinear:
         if isinstance(other, (float, int)):
             other = PiecewiseLinear((0.0, other))
         a, b = self.get_common_basis(other, include_crossings=True)
         return PiecewiseLinear(*[(x, op(ya, yb)) for (x, ya), (_, yb) in zip(a.pairs, b.pairs)])
 
     def get_common_basis(
-        self, other: "PiecewiseLinear", include_crossings: bool = False
-    ) -> Tuple["PiecewiseLinear", "PiecewiseLinear"]:
+        self, other: PiecewiseLinear, include_crossings: bool = False
+    ) -> tuple[PiecewiseLinear, PiecewiseLinear]:
         """Return ``(self', other')``, equal to ``self``/``other`` but with the same x points.
 
         With ``include_crossings`` the x points where the two functions cross are added,
@@ -164,8 +163,8 @@ class ScheduledFloat(nn.Module):
 
     def __init__(self, *points, default: float = 0.0):
         super().__init__()
-        self.batch_count: Optional[float] = None  # written by the training loop
-        self.name: Optional[str] = None  # for diagnostics, written by the training loop
+        self.batch_count: float | None = None  # written by the training loop
+        self.name: str | None = None  # for diagnostics, written by the training loop
         self.default = default
         self.schedule = PiecewiseLinear(*points)
 
@@ -177,22 +176,20 @@ class ScheduledFloat(nn.Module):
             return float(self.default)
         return float(self.schedule(self.batch_count))
 
-    def __add__(self, other: Union[float, "ScheduledFloat"]) -> "ScheduledFloat":
+    def __add__(self, other: float | ScheduledFloat) -> ScheduledFloat:
         # (icefall keeps the default unchanged when adding a constant; we shift it too,
         # consistent with adding two schedules.)
         if isinstance(other, (float, int)):
             return ScheduledFloat(self.schedule + other, default=self.default + other)
         return ScheduledFloat(self.schedule + other.schedule, default=self.default + other.default)
 
-    def max(self, other: Union[float, "ScheduledFloat"]) -> "ScheduledFloat":
+    def max(self, other: float | ScheduledFloat) -> ScheduledFloat:
         if isinstance(other, (float, int)):
             return ScheduledFloat(self.schedule.max(other), default=self.default)
-        return ScheduledFloat(
-            self.schedule.max(other.schedule), default=max(self.default, other.default)
-        )
+        return ScheduledFloat(self.schedule.max(other.schedule), default=max(self.default, other.default))
 
 
-FloatLike = Union[float, ScheduledFloat]
+FloatLike = float | ScheduledFloat
 
 
 class CutoffEstimator:
@@ -274,7 +271,7 @@ def softmax(x: Tensor, dim: int) -> Tensor:
 
 class _WithLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, y: Tensor, name: Optional[str]) -> Tensor:
+    def forward(ctx, x: Tensor, y: Tensor, name: str | None) -> Tensor:
         ctx.y_shape = y.shape
         return x
 
@@ -284,7 +281,7 @@ class _WithLoss(torch.autograd.Function):
         return ans_grad, y_grad, None
 
 
-def with_loss(x: Tensor, y: Tensor, name: Optional[str] = None) -> Tensor:
+def with_loss(x: Tensor, y: Tensor, name: str | None = None) -> Tensor:
     """Return ``x`` unchanged, but backprop as if ``y.sum()`` had been added to the loss.
 
     ``name`` is a diagnostics label, accepted for icefall call compatibility.
@@ -292,9 +289,7 @@ def with_loss(x: Tensor, y: Tensor, name: Optional[str] = None) -> Tensor:
     return _WithLoss.apply(x, y, name)
 
 
-def penalize_abs_values_gt(
-    x: Tensor, limit: float, penalty: float, name: Optional[str] = None
-) -> Tensor:
+def penalize_abs_values_gt(x: Tensor, limit: float, penalty: float, name: str | None = None) -> Tensor:
     """Return ``x`` unchanged; in backward add the gradient of
     ``penalty * sum(relu(|x| - limit))``. The returned tensor must be used.
     """
@@ -354,9 +349,7 @@ class _LimitParamValue(torch.autograd.Function):
         return x_grad, None, None
 
 
-def limit_param_value(
-    x: Tensor, min: float, max: float, prob: float = 0.6, training: bool = True
-) -> Tensor:
+def limit_param_value(x: Tensor, min: float, max: float, prob: float = 0.6, training: bool = True) -> Tensor:
     """Keep a parameter (mostly) inside ``[min, max]`` by flipping gradient signs.
 
     Identity in forward. Applied with probability ``prob`` per call, only if ``training``.
@@ -454,9 +447,7 @@ class _BiasNormFunction(torch.autograd.Function):
         log_scale = log_scale.detach().requires_grad_(True)
         with torch.enable_grad():
             ans = x * _bias_norm_scales(x, bias, log_scale, ctx.channel_dim)
-            x_grad, bias_grad, log_scale_grad = torch.autograd.grad(
-                ans, (x, bias, log_scale), ans_grad
-            )
+            x_grad, bias_grad, log_scale_grad = torch.autograd.grad(ans, (x, bias, log_scale), ans_grad)
         return x_grad, bias_grad.flatten(), log_scale_grad, None, None
 
 
@@ -512,9 +503,7 @@ class BiasNorm(nn.Module):
             max=float(self.log_scale_max),
             training=self.training,
         )
-        return _BiasNormFunction.apply(
-            x, self.bias, log_scale, channel_dim, self.store_output_for_backprop
-        )
+        return _BiasNormFunction.apply(x, self.bias, log_scale, channel_dim, self.store_output_for_backprop)
 
 
 # --------------------------------------------------------------------------------------
@@ -547,7 +536,7 @@ def _swoosh(x: Tensor, shift: float, offset: float) -> Tensor:
     return y.to(x.dtype)
 
 
-def _swoosh_and_deriv(x: Tensor, shift: float, offset: float) -> Tuple[Tensor, Tensor]:
+def _swoosh_and_deriv(x: Tensor, shift: float, offset: float) -> tuple[Tensor, Tensor]:
     xc = x.to(_compute_dtype(x))
     z = xc - shift
     y = _log1p_exp(z) - _SWOOSH_COEFF * xc - offset
@@ -564,12 +553,12 @@ def swoosh_r_forward(x: Tensor) -> Tensor:
     return _swoosh(x, _SWOOSH_R_SHIFT, _SWOOSH_R_OFFSET)
 
 
-def swoosh_l_forward_and_deriv(x: Tensor) -> Tuple[Tensor, Tensor]:
+def swoosh_l_forward_and_deriv(x: Tensor) -> tuple[Tensor, Tensor]:
     """``(SwooshL(x), SwooshL'(x))`` with the exact derivative ``sigmoid(x-4) - 0.08``."""
     return _swoosh_and_deriv(x, _SWOOSH_L_SHIFT, _SWOOSH_L_OFFSET)
 
 
-def swoosh_r_forward_and_deriv(x: Tensor) -> Tuple[Tensor, Tensor]:
+def swoosh_r_forward_and_deriv(x: Tensor) -> tuple[Tensor, Tensor]:
     """``(SwooshR(x), SwooshR'(x))`` with the exact derivative ``sigmoid(x-1) - 0.08``."""
     return _swoosh_and_deriv(x, _SWOOSH_R_SHIFT, _SWOOSH_R_OFFSET)
 
@@ -747,10 +736,10 @@ class _ActivationDropoutAndLinearFunction(torch.autograd.Function):
         ctx,
         x: Tensor,
         weight: Tensor,
-        bias: Optional[Tensor],
+        bias: Tensor | None,
         activation: str,
         dropout_p: float,
-        dropout_shared_dim: Optional[int],
+        dropout_shared_dim: int | None,
     ) -> Tensor:
         if dropout_p != 0.0:
             mask_shape = list(x.shape)
@@ -815,14 +804,13 @@ class ActivationDropoutAndLinear(nn.Module):
         bias: bool = True,
         activation: str = "SwooshL",
         dropout_p: FloatLike = 0.0,
-        dropout_shared_dim: Optional[int] = -1,
+        dropout_shared_dim: int | None = -1,
         initial_scale: float = 1.0,
     ):
         super().__init__()
         if activation not in _ACTIVATIONS:
             raise ValueError(
-                f"ActivationDropoutAndLinear: unknown activation {activation!r}, "
-                f"expected one of {sorted(_ACTIVATIONS)}"
+                f"ActivationDropoutAndLinear: unknown activation {activation!r}, expected one of {sorted(_ACTIVATIONS)}"
             )
         linear = ScaledLinear(in_channels, out_channels, bias=bias, initial_scale=initial_scale)
         self.weight = linear.weight
@@ -856,9 +844,7 @@ class ChunkCausalDepthwiseConv1d(nn.Module):
     ``chunkwise_conv.{weight,bias}``, ``chunkwise_conv_scale`` (2, channels, kernel_size).
     """
 
-    def __init__(
-        self, channels: int, kernel_size: int, initial_scale: float = 1.0, bias: bool = True
-    ):
+    def __init__(self, channels: int, kernel_size: int, initial_scale: float = 1.0, bias: bool = True):
         super().__init__()
         if kernel_size % 2 != 1:
             raise ValueError(f"ChunkCausalDepthwiseConv1d: kernel_size must be odd, got {kernel_size}")
@@ -907,14 +893,12 @@ class ChunkCausalDepthwiseConv1d(nn.Module):
             right_edge = torch.cat((pad, right_edge), dim=-1)
         return 1.0 + (left_edge + right_edge)
 
-    def streaming_forward(self, x: Tensor, cache: Tensor) -> Tuple[Tensor, Tensor]:
+    def streaming_forward(self, x: Tensor, cache: Tensor) -> tuple[Tensor, Tensor]:
         """One chunk. x: (N, C, T) with T the chunk size; cache: (N, C, kernel_size // 2)
         holding the previous input frames. Returns (y (N, C, T), new cache)."""
         left_pad = self.kernel_size // 2
         if cache.shape[-1] != left_pad:
-            raise ValueError(
-                f"ChunkCausalDepthwiseConv1d: cache has {cache.shape[-1]} frames, expected {left_pad}"
-            )
+            raise ValueError(f"ChunkCausalDepthwiseConv1d: cache has {cache.shape[-1]} frames, expected {left_pad}")
         x = torch.cat([cache, x], dim=2)
         cache = x[..., -left_pad:]
         x_causal = self.causal_conv(x)
@@ -1009,7 +993,7 @@ class Balancer(nn.Module):
         min_abs: FloatLike = 0.2,
         max_abs: FloatLike = 100.0,
         grad_scale: FloatLike = 0.04,
-        prob: Optional[FloatLike] = None,
+        prob: FloatLike | None = None,
     ):
         super().__init__()
         if prob is None:
@@ -1082,7 +1066,7 @@ def _whitening_metric(x: Tensor, num_groups: int) -> Tensor:
 
 class _WhiteningPenaltyFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, module: "Whiten") -> Tensor:
+    def forward(ctx, x: Tensor, module: Whiten) -> Tensor:
         ctx.save_for_backward(x)
         ctx.module = module
         return x
@@ -1124,7 +1108,7 @@ class Whiten(nn.Module):
         self,
         num_groups: int,
         whitening_limit: FloatLike,
-        prob: Union[float, Tuple[float, float]],
+        prob: float | tuple[float, float],
         grad_scale: FloatLike,
     ):
         super().__init__()
@@ -1143,7 +1127,7 @@ class Whiten(nn.Module):
         if not 0 < self.min_prob <= self.max_prob <= 1:
             raise ValueError(f"Whiten: need 0 < min_prob <= max_prob <= 1, got {prob}")
         self.prob = self.max_prob
-        self.name: Optional[str] = None  # for diagnostics, written by the training loop
+        self.name: str | None = None  # for diagnostics, written by the training loop
 
     def forward(self, x: Tensor) -> Tensor:
         if (

@@ -45,9 +45,7 @@ class ConvNeXt(nn.Module):
         super().__init__()
         self.padding = ((kernel_size[0] - 1) // 2, (kernel_size[1] - 1) // 2)
         hidden_channels = channels * hidden_ratio
-        self.layerdrop_rate = (
-            ScheduledFloat((0.0, 0.2), (20000.0, 0.015)) if layerdrop_rate is None else layerdrop_rate
-        )
+        self.layerdrop_rate = ScheduledFloat((0.0, 0.2), (20000.0, 0.015)) if layerdrop_rate is None else layerdrop_rate
         self.depthwise_conv = nn.Conv2d(
             channels, channels, kernel_size=kernel_size, groups=channels, padding=self.padding
         )
@@ -182,9 +180,7 @@ class Conv2dSubsampling(nn.Module):
         the ConvNeXt look-ahead (13 with the ConvNeXt, 7 without)."""
         return 7 + 2 * self.convnext_lookahead
 
-    def streaming_forward(
-        self, x: Tensor, x_lens: Tensor, cached_left_pad: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor]:
+    def streaming_forward(self, x: Tensor, x_lens: Tensor, cached_left_pad: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """One chunk of a stream.
 
         Args:
@@ -208,6 +204,4 @@ class Conv2dSubsampling(nn.Module):
 
     def init_states(self, batch_size: int = 1, device: torch.device | str = "cpu") -> Tensor:
         """Zero ConvNeXt left context, ``(N, layer3_channels, 3, F')`` (3 -> 0 without a ConvNeXt)."""
-        return torch.zeros(
-            batch_size, self.layer3_channels, self.convnext_lookahead, self.out_width, device=device
-        )
+        return torch.zeros(batch_size, self.layer3_channels, self.convnext_lookahead, self.out_width, device=device)

@@ -43,8 +43,9 @@ def simulate_streaming(
     # padding, processed as input, so its last frames get the look-ahead they would get in a longer
     # utterance; outputs past the full forward's length are then cut off.
     padded_lens = feature_lens + window
-    padded = torch.full((batch_size, num_frames + 2 * window, features.size(2)), LOG_EPS, dtype=features.dtype,
-                        device=features.device)
+    padded = torch.full(
+        (batch_size, num_frames + 2 * window, features.size(2)), LOG_EPS, dtype=features.dtype, device=features.device
+    )
     padded[:, :num_frames] = features
     positions = torch.arange(num_frames, device=features.device)
     padded[:, :num_frames][positions.expand(batch_size, -1) >= feature_lens.unsqueeze(1)] = LOG_EPS

@@ -18,15 +18,29 @@ PRESETS: dict[str, dict[str, Any]] = {
     # their initial values. SpecAugment is off: such a run is far from overfitting. Both halved the batches the
     # transducer spends on the label prior before it uses the audio.
     "synth-cpu": {
-        "encoder": "zipformer-xs", "max_duration": 30.0, "num_epochs": 30, "base_lr": 0.045,
-        "lr_batches": 2500.0, "lr_epochs": 2.0, "warmup_batches": 333.0, "warm_step": 500,
-        "schedule_speedup": 2400.0, "spec_augment": False, "save_every_n": 100, "average_period": 20,
-        "num_workers": 1, "keep_last_k": 8,  # the recipe decodes the model averaged over the last 500 batches
+        "encoder": "zipformer-xs",
+        "max_duration": 30.0,
+        "num_epochs": 30,
+        "base_lr": 0.045,
+        "lr_batches": 2500.0,
+        "lr_epochs": 2.0,
+        "warmup_batches": 333.0,
+        "warm_step": 500,
+        "schedule_speedup": 2400.0,
+        "spec_augment": False,
+        "save_every_n": 100,
+        "average_period": 20,
+        "num_workers": 1,
+        "keep_last_k": 8,  # the recipe decodes the model averaged over the last 500 batches
     },
     # icefall's LibriSpeech Zipformer recipe (per-GPU max duration 1000 s).
     "librispeech": {"encoder": "zipformer-medium", "max_duration": 1000.0, "num_epochs": 30, "base_lr": 0.045},
     # icefall's AISHELL Zipformer recipe (characters).
     "aishell": {
-        "encoder": "zipformer-medium", "max_duration": 1000.0, "num_epochs": 30, "base_lr": 0.045, "lr_epochs": 1.5,
+        "encoder": "zipformer-medium",
+        "max_duration": 1000.0,
+        "num_epochs": 30,
+        "base_lr": 0.045,
+        "lr_epochs": 1.5,
     },
 }

@@ -192,17 +192,19 @@ class Trainer:
         self.model_avg: AsrModel | None = None
         if self.world.is_main:
             self.model_avg = build_model(
-                config.encoder, self.tokenizer.vocab_size, heads=config.heads, causal=config.causal,
-                encoder_kwargs=config.encoder_kwargs, **config.model_kwargs,
+                config.encoder,
+                self.tokenizer.vocab_size,
+                heads=config.heads,
+                causal=config.causal,
+                encoder_kwargs=config.encoder_kwargs,
+                **config.model_kwargs,
             ).to(torch.float64)
             self.model_avg.load_state_dict(self.model.state_dict())
         self.ddp_model = dist_utils.wrap(self.model, self.world, self.device)
         self.scheduled = scheduled_modules(self.model)
 
         self.optimizer = ScaledAdam(self.model.named_parameters(), lr=config.base_lr, clipping_scale=2.0)
-        self.scheduler = Eden(
-            self.optimizer, config.lr_batches, config.lr_epochs, warmup_batches=config.warmup_batches
-        )
+        self.scheduler = Eden(self.optimizer, config.lr_batches, config.lr_epochs, warmup_batches=config.warmup_batches)
         self.amp_dtype = resolve_amp(config.amp, self.device)
         # The losses are sums over the batch, so gradients are large: a 200 s batch of zipformer-xs at
         # initialisation has entries near 2e4, and fp16 overflows from a loss scale of ~4 up (torch's
@@ -256,14 +258,20 @@ class Trainer:
         self.scaler.load_state_dict(saved["grad_scaler"])
         self.state = TrainState(**saved["state"])
         if len(saved["rng"]) != self.world.size:
-            log.warning("checkpoint has RNG states of %d processes, this run has %d: the RNG is reseeded",
-                        len(saved["rng"]), self.world.size)
+            log.warning(
+                "checkpoint has RNG states of %d processes, this run has %d: the RNG is reseeded",
+                len(saved["rng"]),
+                self.world.size,
+            )
             seed_everything(self.config.seed + self.world.rank + self.state.batch_idx_train)
         else:
             set_rng_state(saved["rng"][self.world.rank])
         log.info(
             "resumed from %s: epoch %d, batch %d of the epoch, %d batches in total",
-            path, self.state.epoch, self.state.batch_in_epoch, self.state.batch_idx_train,
+            path,
+            self.state.epoch,
+            self.state.batch_in_epoch,
+            self.state.batch_idx_train,
         )
         return True
 
@@ -280,12 +288,19 @@ class Trainer:
         config, model = self.config, self.ddp_model if training else self.model
         with autocast:
             losses = model(
-                features, feature_lens, batch["tokens"],
-                prune_range=config.prune_range, am_scale=config.am_scale, lm_scale=config.lm_scale,
+                features,
+                feature_lens,
+                batch["tokens"],
+                prune_range=config.prune_range,
+                am_scale=config.am_scale,
+                lm_scale=config.lm_scale,
             )
             loss = combine_losses(
-                *losses, batch_idx_train=self.state.batch_idx_train, warm_step=config.warm_step,
-                simple_loss_scale=config.simple_loss_scale, ctc_loss_scale=config.ctc_loss_scale,
+                *losses,
+                batch_idx_train=self.state.batch_idx_train,
+                warm_step=config.warm_step,
+                simple_loss_scale=config.simple_loss_scale,
+                ctc_loss_scale=config.ctc_loss_scale,
             )
         # Per-frame values for logging, like icefall (frames after subsampling).
         frames = float(sum(self.model.encoder_output_lengths(feature_lens).tolist()))
@@ -328,7 +343,10 @@ class Trainer:
         cut_ids = batch.get("cut_ids", [])
         log.warning(
             "skipping batch %d (%s); cuts: %s%s",
-            self.state.batch_idx_train, why, ", ".join(cut_ids[:8]), " ..." if len(cut_ids) > 8 else "",
+            self.state.batch_idx_train,
+            why,
+            ", ".join(cut_ids[:8]),
+            " ..." if len(cut_ids) > 8 else "",
         )
 
     def update_average(self) -> None:
@@ -393,7 +411,10 @@ class Trainer:
         config = self.config
         window = {"loss": 0.0, "frames": 0.0, "utterances": 0.0, "time": time.monotonic()}
         progress = tqdm(
-            batches, desc=f"epoch {self.state.epoch}", disable=not self.world.is_main, dynamic_ncols=True,
+            batches,
+            desc=f"epoch {self.state.epoch}",
+            disable=not self.world.is_main,
+            dynamic_ncols=True,
             initial=self.state.batch_in_epoch,
         )
         for batch in progress:
@@ -412,7 +433,9 @@ class Trainer:
                 loss = window["loss"] / window["frames"]
                 lr = self.scheduler.get_last_lr()[0]
                 progress.set_postfix(
-                    loss=f"{loss:.3f}", lr=f"{lr:.2e}", batch=self.state.batch_idx_train,
+                    loss=f"{loss:.3f}",
+                    lr=f"{lr:.2e}",
+                    batch=self.state.batch_idx_train,
                     utt_s=f"{window['utterances'] * self.world.size / max(elapsed, 1e-9):.1f}",
                 )
                 if self.writer is not None:
@@ -452,6 +475,12 @@ def make_data(config: TrainConfig, tokenizer: Tokenizer, world: dist_utils.World
         seed=config.seed,
     )
     return TrainingData(
-        data_config, tokenizer, config.train_cuts, config.valid_cuts, output_frames,
-        noise_cuts=config.noise_cuts, world_size=world.size, rank=world.rank,
+        data_config,
+        tokenizer,
+        config.train_cuts,
+        config.valid_cuts,
+        output_frames,
+        noise_cuts=config.noise_cuts,
+        world_size=world.size,
+        rank=world.rank,
     )

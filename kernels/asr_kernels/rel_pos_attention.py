@@ -111,15 +111,26 @@ def _query_range(j0, T_Q, T_K, CHUNK, LEFT, HAS_CHUNK: tl.constexpr, BLOCK_M: tl
 def _pos_queries(QP, sqp_t, offs_m, T_Q, P: tl.constexpr, P_PAD: tl.constexpr, dtype: tl.constexpr):
     """The ``q_pos`` rows ``offs_m`` as a ``(BLOCK_M, P_PAD)`` tile in ``dtype`` (zeros past ``T_Q`` and ``P``)."""
     offs_p = tl.arange(0, P_PAD)
-    tile = tl.load(QP + offs_m[:, None] * sqp_t + offs_p[None, :],
-                   mask=(offs_m[:, None] < T_Q) & (offs_p[None, :] < P), other=0.0)
+    tile = tl.load(
+        QP + offs_m[:, None] * sqp_t + offs_p[None, :], mask=(offs_m[:, None] < T_Q) & (offs_p[None, :] < P), other=0.0
+    )
     return tile.to(dtype)
 
 
 @triton.jit
 def _table_window(
-    TAB, stab_r, stab_c, i0, j0, T_Q, T_K,
-    P: tl.constexpr, P_PAD: tl.constexpr, DIAG: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    TAB,
+    stab_r,
+    stab_c,
+    i0,
+    j0,
+    T_Q,
+    T_K,
+    P: tl.constexpr,
+    P_PAD: tl.constexpr,
+    DIAG: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):
     """The table rows the tile at ``(i0, j0)`` uses: window row ``w`` is table row
     ``w + j0 - i0 - (BLOCK_M - 1) + T_Q - 1`` (score ``(i0 + m, j0 + n)`` needs ``w = n - m + BLOCK_M - 1``).
@@ -130,16 +141,42 @@ def _table_window(
     rows = w + (j0 - i0 - (BLOCK_M - 1) + T_Q - 1)
     rows_ok = (w < BLOCK_M + BLOCK_N - 1) & (rows >= 0) & (rows < T_Q + T_K - 1)
     offs_p = tl.arange(0, P_PAD)
-    window = tl.load(TAB + rows[:, None] * stab_r + offs_p[None, :] * stab_c,
-                     mask=rows_ok[:, None] & (offs_p[None, :] < P), other=0.0)
+    window = tl.load(
+        TAB + rows[:, None] * stab_r + offs_p[None, :] * stab_c,
+        mask=rows_ok[:, None] & (offs_p[None, :] < P),
+        other=0.0,
+    )
     return window, rows, rows_ok
 
 
 @triton.jit
 def _scores(
-    q, k, qp, i0, j0, QP, sqp_t, TAB, stab_r, stab_c, KB, skb_t, T_Q, T_K, scale, CHUNK, LEFT,
-    P: tl.constexpr, P_PAD: tl.constexpr, DIAG: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_POS: tl.constexpr, WIDE_POS: tl.constexpr, HAS_KB: tl.constexpr, HAS_CHUNK: tl.constexpr,
+    q,
+    k,
+    qp,
+    i0,
+    j0,
+    QP,
+    sqp_t,
+    TAB,
+    stab_r,
+    stab_c,
+    KB,
+    skb_t,
+    T_Q,
+    T_K,
+    scale,
+    CHUNK,
+    LEFT,
+    P: tl.constexpr,
+    P_PAD: tl.constexpr,
+    DIAG: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    HAS_POS: tl.constexpr,
+    WIDE_POS: tl.constexpr,
+    HAS_KB: tl.constexpr,
+    HAS_CHUNK: tl.constexpr,
     IEEE: tl.constexpr,
 ):
     """Scores ``(BLOCK_M, BLOCK_N)`` in float32 of query rows ``i0 ..`` against key rows ``j0 ..``
@@ -176,13 +213,54 @@ def _scores(
 
 @triton.jit(do_not_specialize=_RUNTIME_SCALARS)
 def _fwd_kernel(
-    Q, K, V, QP, TAB, KB, OUT, LSE,
-    sq_h, sq_n, sq_t, sk_h, sk_n, sk_t, sv_h, sv_n, sv_t, sqp_h, sqp_n, sqp_t,
-    stab_h, stab_r, stab_c, skb_n, skb_t, so_h, so_n, so_t,
-    N, T_Q, T_K, scale, CHUNK, LEFT,
-    D: tl.constexpr, DV: tl.constexpr, P: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
-    P_PAD: tl.constexpr, DIAG: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_V: tl.constexpr,
-    HAS_POS: tl.constexpr, WIDE_POS: tl.constexpr, HAS_KB: tl.constexpr, HAS_CHUNK: tl.constexpr,
+    Q,
+    K,
+    V,
+    QP,
+    TAB,
+    KB,
+    OUT,
+    LSE,
+    sq_h,
+    sq_n,
+    sq_t,
+    sk_h,
+    sk_n,
+    sk_t,
+    sv_h,
+    sv_n,
+    sv_t,
+    sqp_h,
+    sqp_n,
+    sqp_t,
+    stab_h,
+    stab_r,
+    stab_c,
+    skb_n,
+    skb_t,
+    so_h,
+    so_n,
+    so_t,
+    N,
+    T_Q,
+    T_K,
+    scale,
+    CHUNK,
+    LEFT,
+    D: tl.constexpr,
+    DV: tl.constexpr,
+    P: tl.constexpr,
+    D_PAD: tl.constexpr,
+    DV_PAD: tl.constexpr,
+    P_PAD: tl.constexpr,
+    DIAG: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    HAS_V: tl.constexpr,
+    HAS_POS: tl.constexpr,
+    WIDE_POS: tl.constexpr,
+    HAS_KB: tl.constexpr,
+    HAS_CHUNK: tl.constexpr,
     IEEE: tl.constexpr,
 ):
     """One program per (query block, head * batch): online softmax over the visible key blocks; writes
@@ -203,8 +281,9 @@ def _fwd_kernel(
     offs_m = i0 + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, D_PAD)
     offs_dv = tl.arange(0, DV_PAD)
-    q = tl.load(Q + offs_m[:, None] * sq_t + offs_d[None, :],
-                mask=(offs_m[:, None] < T_Q) & (offs_d[None, :] < D), other=0.0)
+    q = tl.load(
+        Q + offs_m[:, None] * sq_t + offs_d[None, :], mask=(offs_m[:, None] < T_Q) & (offs_d[None, :] < D), other=0.0
+    )
     qp = q  # the q_pos tile, loaded only for the wide positional path
     if HAS_POS and WIDE_POS:
         qp = _pos_queries(QP, sqp_t, offs_m, T_Q, P, P_PAD, q.dtype)
@@ -215,17 +294,50 @@ def _fwd_kernel(
     lo, hi = _key_range(i0, T_Q, T_K, CHUNK, LEFT, HAS_CHUNK, BLOCK_M, BLOCK_N)
     for j0 in range(lo, hi, BLOCK_N):
         offs_n = j0 + tl.arange(0, BLOCK_N)
-        k = tl.load(K + offs_n[:, None] * sk_t + offs_d[None, :],
-                    mask=(offs_n[:, None] < T_K) & (offs_d[None, :] < D), other=0.0)
-        s = _scores(q, k, qp, i0, j0, QP, sqp_t, TAB, stab_r, stab_c, KB, skb_t, T_Q, T_K, scale, CHUNK, LEFT,
-                    P, P_PAD, DIAG, BLOCK_M, BLOCK_N, HAS_POS, WIDE_POS, HAS_KB, HAS_CHUNK, IEEE)
+        k = tl.load(
+            K + offs_n[:, None] * sk_t + offs_d[None, :],
+            mask=(offs_n[:, None] < T_K) & (offs_d[None, :] < D),
+            other=0.0,
+        )
+        s = _scores(
+            q,
+            k,
+            qp,
+            i0,
+            j0,
+            QP,
+            sqp_t,
+            TAB,
+            stab_r,
+            stab_c,
+            KB,
+            skb_t,
+            T_Q,
+            T_K,
+            scale,
+            CHUNK,
+            LEFT,
+            P,
+            P_PAD,
+            DIAG,
+            BLOCK_M,
+            BLOCK_N,
+            HAS_POS,
+            WIDE_POS,
+            HAS_KB,
+            HAS_CHUNK,
+            IEEE,
+        )
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         alpha = tl.exp(m_i - m_new)
         p = tl.exp(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
         if HAS_V:
-            v = tl.load(V + offs_n[:, None] * sv_t + offs_dv[None, :],
-                        mask=(offs_n[:, None] < T_K) & (offs_dv[None, :] < DV), other=0.0)
+            v = tl.load(
+                V + offs_n[:, None] * sv_t + offs_dv[None, :],
+                mask=(offs_n[:, None] < T_K) & (offs_dv[None, :] < DV),
+                other=0.0,
+            )
             acc = acc * alpha[:, None] + _mm(p.to(v.dtype), v, IEEE)
         m_i = m_new
 
@@ -234,19 +346,57 @@ def _fwd_kernel(
     tl.store(LSE + pid_bh * T_Q + offs_m, lse, mask=offs_m < T_Q)
     if HAS_V:
         out = acc / tl.where(seen, l_i, 1.0)[:, None]
-        tl.store(OUT + offs_m[:, None] * so_t + offs_dv[None, :], out.to(OUT.dtype.element_ty),
-                 mask=(offs_m[:, None] < T_Q) & (offs_dv[None, :] < DV))
+        tl.store(
+            OUT + offs_m[:, None] * so_t + offs_dv[None, :],
+            out.to(OUT.dtype.element_ty),
+            mask=(offs_m[:, None] < T_Q) & (offs_dv[None, :] < DV),
+        )
 
 
 @triton.jit(do_not_specialize=_RUNTIME_SCALARS + ["NUM_KEY_BLOCKS"])
 def _weights_kernel(
-    Q, K, QP, TAB, KB, LSE, W,
-    sq_h, sq_n, sq_t, sk_h, sk_n, sk_t, sqp_h, sqp_n, sqp_t,
-    stab_h, stab_r, stab_c, skb_n, skb_t, sw_h, sw_n, sw_t,
-    N, T_Q, T_K, scale, CHUNK, LEFT, NUM_KEY_BLOCKS,
-    D: tl.constexpr, P: tl.constexpr, D_PAD: tl.constexpr, P_PAD: tl.constexpr, DIAG: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_POS: tl.constexpr, WIDE_POS: tl.constexpr, HAS_KB: tl.constexpr, HAS_CHUNK: tl.constexpr,
+    Q,
+    K,
+    QP,
+    TAB,
+    KB,
+    LSE,
+    W,
+    sq_h,
+    sq_n,
+    sq_t,
+    sk_h,
+    sk_n,
+    sk_t,
+    sqp_h,
+    sqp_n,
+    sqp_t,
+    stab_h,
+    stab_r,
+    stab_c,
+    skb_n,
+    skb_t,
+    sw_h,
+    sw_n,
+    sw_t,
+    N,
+    T_Q,
+    T_K,
+    scale,
+    CHUNK,
+    LEFT,
+    NUM_KEY_BLOCKS,
+    D: tl.constexpr,
+    P: tl.constexpr,
+    D_PAD: tl.constexpr,
+    P_PAD: tl.constexpr,
+    DIAG: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    HAS_POS: tl.constexpr,
+    WIDE_POS: tl.constexpr,
+    HAS_KB: tl.constexpr,
+    HAS_CHUNK: tl.constexpr,
     IEEE: tl.constexpr,
 ):
     """One program per (tile, head * batch): weights ``exp(s - lse)``, zeros for fully masked tiles."""
@@ -272,30 +422,115 @@ def _weights_kernel(
     if (j0 + BLOCK_N <= lo) | (j0 >= hi):
         tl.store(w_ptrs, tl.zeros([BLOCK_M, BLOCK_N], W.dtype.element_ty), mask=in_range)
     else:
-        q = tl.load(Q + offs_m[:, None] * sq_t + offs_d[None, :],
-                    mask=(offs_m[:, None] < T_Q) & (offs_d[None, :] < D), other=0.0)
-        k = tl.load(K + offs_n[:, None] * sk_t + offs_d[None, :],
-                    mask=(offs_n[:, None] < T_K) & (offs_d[None, :] < D), other=0.0)
+        q = tl.load(
+            Q + offs_m[:, None] * sq_t + offs_d[None, :],
+            mask=(offs_m[:, None] < T_Q) & (offs_d[None, :] < D),
+            other=0.0,
+        )
+        k = tl.load(
+            K + offs_n[:, None] * sk_t + offs_d[None, :],
+            mask=(offs_n[:, None] < T_K) & (offs_d[None, :] < D),
+            other=0.0,
+        )
         qp = q
         if HAS_POS and WIDE_POS:
             qp = _pos_queries(QP, sqp_t, offs_m, T_Q, P, P_PAD, q.dtype)
-        s = _scores(q, k, qp, i0, j0, QP, sqp_t, TAB, stab_r, stab_c, KB, skb_t, T_Q, T_K, scale, CHUNK, LEFT,
-                    P, P_PAD, DIAG, BLOCK_M, BLOCK_N, HAS_POS, WIDE_POS, HAS_KB, HAS_CHUNK, IEEE)
+        s = _scores(
+            q,
+            k,
+            qp,
+            i0,
+            j0,
+            QP,
+            sqp_t,
+            TAB,
+            stab_r,
+            stab_c,
+            KB,
+            skb_t,
+            T_Q,
+            T_K,
+            scale,
+            CHUNK,
+            LEFT,
+            P,
+            P_PAD,
+            DIAG,
+            BLOCK_M,
+            BLOCK_N,
+            HAS_POS,
+            WIDE_POS,
+            HAS_KB,
+            HAS_CHUNK,
+            IEEE,
+        )
         lse = tl.load(LSE + pid_bh * T_Q + offs_m, mask=offs_m < T_Q, other=float("inf"))
         tl.store(w_ptrs, tl.exp(s - lse[:, None]).to(W.dtype.element_ty), mask=in_range)
 
 
 @triton.jit(do_not_specialize=_RUNTIME_SCALARS)
 def _bwd_dkdv_kernel(
-    Q, K, V, QP, TAB, KB, DO, DW, LSE, DELTA, DK, DVAL,
-    sq_h, sq_n, sq_t, sk_h, sk_n, sk_t, sv_h, sv_n, sv_t, sqp_h, sqp_n, sqp_t,
-    stab_h, stab_r, stab_c, skb_n, skb_t, sdo_h, sdo_n, sdo_t, sdw_h, sdw_n, sdw_t,
-    sdk_h, sdk_n, sdk_t, sdv_h, sdv_n, sdv_t,
-    N, T_Q, T_K, scale, CHUNK, LEFT,
-    D: tl.constexpr, DV: tl.constexpr, P: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
-    P_PAD: tl.constexpr, DIAG: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    Q,
+    K,
+    V,
+    QP,
+    TAB,
+    KB,
+    DO,
+    DW,
+    LSE,
+    DELTA,
+    DK,
+    DVAL,
+    sq_h,
+    sq_n,
+    sq_t,
+    sk_h,
+    sk_n,
+    sk_t,
+    sv_h,
+    sv_n,
+    sv_t,
+    sqp_h,
+    sqp_n,
+    sqp_t,
+    stab_h,
+    stab_r,
+    stab_c,
+    skb_n,
+    skb_t,
+    sdo_h,
+    sdo_n,
+    sdo_t,
+    sdw_h,
+    sdw_n,
+    sdw_t,
+    sdk_h,
+    sdk_n,
+    sdk_t,
+    sdv_h,
+    sdv_n,
+    sdv_t,
+    N,
+    T_Q,
+    T_K,
+    scale,
+    CHUNK,
+    LEFT,
+    D: tl.constexpr,
+    DV: tl.constexpr,
+    P: tl.constexpr,
+    D_PAD: tl.constexpr,
+    DV_PAD: tl.constexpr,
+    P_PAD: tl.constexpr,
+    DIAG: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
     FROM_WEIGHTS: tl.constexpr,
-    HAS_POS: tl.constexpr, WIDE_POS: tl.constexpr, HAS_KB: tl.constexpr, HAS_CHUNK: tl.constexpr,
+    HAS_POS: tl.constexpr,
+    WIDE_POS: tl.constexpr,
+    HAS_KB: tl.constexpr,
+    HAS_CHUNK: tl.constexpr,
     IEEE: tl.constexpr,
 ):
     """One program per (key block, head * batch): ``dk`` (and ``dv`` unless ``FROM_WEIGHTS``) over the
@@ -330,45 +565,140 @@ def _bwd_dkdv_kernel(
     for i0 in range(lo, hi, BLOCK_M):
         offs_m = i0 + tl.arange(0, BLOCK_M)
         row_mask = offs_m < T_Q
-        q = tl.load(Q + offs_m[:, None] * sq_t + offs_d[None, :],
-                    mask=row_mask[:, None] & (offs_d[None, :] < D), other=0.0)
+        q = tl.load(
+            Q + offs_m[:, None] * sq_t + offs_d[None, :], mask=row_mask[:, None] & (offs_d[None, :] < D), other=0.0
+        )
         qp = q
         if HAS_POS and WIDE_POS:
             qp = _pos_queries(QP, sqp_t, offs_m, T_Q, P, P_PAD, q.dtype)
-        s = _scores(q, k, qp, i0, j0, QP, sqp_t, TAB, stab_r, stab_c, KB, skb_t, T_Q, T_K, scale, CHUNK, LEFT,
-                    P, P_PAD, DIAG, BLOCK_M, BLOCK_N, HAS_POS, WIDE_POS, HAS_KB, HAS_CHUNK, IEEE)
+        s = _scores(
+            q,
+            k,
+            qp,
+            i0,
+            j0,
+            QP,
+            sqp_t,
+            TAB,
+            stab_r,
+            stab_c,
+            KB,
+            skb_t,
+            T_Q,
+            T_K,
+            scale,
+            CHUNK,
+            LEFT,
+            P,
+            P_PAD,
+            DIAG,
+            BLOCK_M,
+            BLOCK_N,
+            HAS_POS,
+            WIDE_POS,
+            HAS_KB,
+            HAS_CHUNK,
+            IEEE,
+        )
         lse = tl.load(LSE + pid_bh * T_Q + offs_m, mask=row_mask, other=float("inf"))
         delta = tl.load(DELTA + pid_bh * T_Q + offs_m, mask=row_mask, other=0.0)
         p = tl.exp(s - lse[:, None])
         if FROM_WEIGHTS:
-            dp = tl.load(DW + offs_m[:, None].to(tl.int64) * sdw_t + offs_n[None, :],
-                         mask=row_mask[:, None] & (offs_n[None, :] < T_K), other=0.0).to(tl.float32)
+            dp = tl.load(
+                DW + offs_m[:, None].to(tl.int64) * sdw_t + offs_n[None, :],
+                mask=row_mask[:, None] & (offs_n[None, :] < T_K),
+                other=0.0,
+            ).to(tl.float32)
         else:
-            do = tl.load(DO + offs_m[:, None] * sdo_t + offs_dv[None, :],
-                         mask=row_mask[:, None] & (offs_dv[None, :] < DV), other=0.0)
+            do = tl.load(
+                DO + offs_m[:, None] * sdo_t + offs_dv[None, :],
+                mask=row_mask[:, None] & (offs_dv[None, :] < DV),
+                other=0.0,
+            )
             dv += _mm(tl.trans(p.to(do.dtype)), do, IEEE)
             dp = _mm(do, tl.trans(v), IEEE)
         ds = p * (dp - delta[:, None])
         dk += _mm(tl.trans(ds.to(q.dtype)), q, IEEE)
 
-    tl.store(DK + offs_n[:, None] * sdk_t + offs_d[None, :], (dk * scale).to(DK.dtype.element_ty),
-             mask=key_mask & (offs_d[None, :] < D))
+    tl.store(
+        DK + offs_n[:, None] * sdk_t + offs_d[None, :],
+        (dk * scale).to(DK.dtype.element_ty),
+        mask=key_mask & (offs_d[None, :] < D),
+    )
     if not FROM_WEIGHTS:
-        tl.store(DVAL + offs_n[:, None] * sdv_t + offs_dv[None, :], dv.to(DVAL.dtype.element_ty),
-                 mask=key_mask & (offs_dv[None, :] < DV))
+        tl.store(
+            DVAL + offs_n[:, None] * sdv_t + offs_dv[None, :],
+            dv.to(DVAL.dtype.element_ty),
+            mask=key_mask & (offs_dv[None, :] < DV),
+        )
 
 
 @triton.jit(do_not_specialize=_RUNTIME_SCALARS)
 def _bwd_dq_kernel(
-    Q, K, V, QP, TAB, KB, DO, DW, LSE, DELTA, DQ, DQP, DTAB,
-    sq_h, sq_n, sq_t, sk_h, sk_n, sk_t, sv_h, sv_n, sv_t, sqp_h, sqp_n, sqp_t,
-    stab_h, stab_r, stab_c, skb_n, skb_t, sdo_h, sdo_n, sdo_t, sdw_h, sdw_n, sdw_t,
-    sdq_h, sdq_n, sdq_t, sdqp_h, sdqp_n, sdqp_t, sdtab_h, sdtab_r,
-    N, T_Q, T_K, scale, CHUNK, LEFT,
-    D: tl.constexpr, DV: tl.constexpr, P: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
-    P_PAD: tl.constexpr, DIAG: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    Q,
+    K,
+    V,
+    QP,
+    TAB,
+    KB,
+    DO,
+    DW,
+    LSE,
+    DELTA,
+    DQ,
+    DQP,
+    DTAB,
+    sq_h,
+    sq_n,
+    sq_t,
+    sk_h,
+    sk_n,
+    sk_t,
+    sv_h,
+    sv_n,
+    sv_t,
+    sqp_h,
+    sqp_n,
+    sqp_t,
+    stab_h,
+    stab_r,
+    stab_c,
+    skb_n,
+    skb_t,
+    sdo_h,
+    sdo_n,
+    sdo_t,
+    sdw_h,
+    sdw_n,
+    sdw_t,
+    sdq_h,
+    sdq_n,
+    sdq_t,
+    sdqp_h,
+    sdqp_n,
+    sdqp_t,
+    sdtab_h,
+    sdtab_r,
+    N,
+    T_Q,
+    T_K,
+    scale,
+    CHUNK,
+    LEFT,
+    D: tl.constexpr,
+    DV: tl.constexpr,
+    P: tl.constexpr,
+    D_PAD: tl.constexpr,
+    DV_PAD: tl.constexpr,
+    P_PAD: tl.constexpr,
+    DIAG: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
     FROM_WEIGHTS: tl.constexpr,
-    HAS_POS: tl.constexpr, WIDE_POS: tl.constexpr, HAS_KB: tl.constexpr, HAS_CHUNK: tl.constexpr,
+    HAS_POS: tl.constexpr,
+    WIDE_POS: tl.constexpr,
+    HAS_KB: tl.constexpr,
+    HAS_CHUNK: tl.constexpr,
     IEEE: tl.constexpr,
 ):
     """One program per (query block, head * batch): ``dq``, ``dq_pos`` and atomic adds of the table
@@ -399,8 +729,9 @@ def _bwd_dq_kernel(
     lse = tl.load(LSE + pid_bh * T_Q + offs_m, mask=row_mask, other=float("inf"))
     delta = tl.load(DELTA + pid_bh * T_Q + offs_m, mask=row_mask, other=0.0)
     if not FROM_WEIGHTS:
-        do = tl.load(DO + offs_m[:, None] * sdo_t + offs_dv[None, :],
-                     mask=row_mask[:, None] & (offs_dv[None, :] < DV), other=0.0)
+        do = tl.load(
+            DO + offs_m[:, None] * sdo_t + offs_dv[None, :], mask=row_mask[:, None] & (offs_dv[None, :] < DV), other=0.0
+        )
     qp = q
     if HAS_POS and WIDE_POS:
         qp = _pos_queries(QP, sqp_t, offs_m, T_Q, P, P_PAD, q.dtype)
@@ -418,28 +749,66 @@ def _bwd_dq_kernel(
     for j0 in range(lo, hi, BLOCK_N):
         offs_n = j0 + tl.arange(0, BLOCK_N)
         col_mask = offs_n < T_K
-        k = tl.load(K + offs_n[:, None] * sk_t + offs_d[None, :],
-                    mask=col_mask[:, None] & (offs_d[None, :] < D), other=0.0)
-        s = _scores(q, k, qp, i0, j0, QP, sqp_t, TAB, stab_r, stab_c, KB, skb_t, T_Q, T_K, scale, CHUNK, LEFT,
-                    P, P_PAD, DIAG, BLOCK_M, BLOCK_N, HAS_POS, WIDE_POS, HAS_KB, HAS_CHUNK, IEEE)
+        k = tl.load(
+            K + offs_n[:, None] * sk_t + offs_d[None, :], mask=col_mask[:, None] & (offs_d[None, :] < D), other=0.0
+        )
+        s = _scores(
+            q,
+            k,
+            qp,
+            i0,
+            j0,
+            QP,
+            sqp_t,
+            TAB,
+            stab_r,
+            stab_c,
+            KB,
+            skb_t,
+            T_Q,
+            T_K,
+            scale,
+            CHUNK,
+            LEFT,
+            P,
+            P_PAD,
+            DIAG,
+            BLOCK_M,
+            BLOCK_N,
+            HAS_POS,
+            WIDE_POS,
+            HAS_KB,
+            HAS_CHUNK,
+            IEEE,
+        )
         p = tl.exp(s - lse[:, None])
         if FROM_WEIGHTS:
-            dp = tl.load(DW + offs_m[:, None].to(tl.int64) * sdw_t + offs_n[None, :],
-                         mask=row_mask[:, None] & col_mask[None, :], other=0.0).to(tl.float32)
+            dp = tl.load(
+                DW + offs_m[:, None].to(tl.int64) * sdw_t + offs_n[None, :],
+                mask=row_mask[:, None] & col_mask[None, :],
+                other=0.0,
+            ).to(tl.float32)
         else:
-            v = tl.load(V + offs_n[:, None] * sv_t + offs_dv[None, :],
-                        mask=col_mask[:, None] & (offs_dv[None, :] < DV), other=0.0)
+            v = tl.load(
+                V + offs_n[:, None] * sv_t + offs_dv[None, :],
+                mask=col_mask[:, None] & (offs_dv[None, :] < DV),
+                other=0.0,
+            )
             dp = _mm(do, tl.trans(v), IEEE)
         ds = p * (dp - delta[:, None])
         dq += _mm(ds.to(k.dtype), k, IEEE)
         if HAS_POS and WIDE_POS:
-            window, window_rows, window_ok = _table_window(TAB, stab_r, stab_c, i0, j0, T_Q, T_K,
-                                                           P, P_PAD, DIAG, BLOCK_M, BLOCK_N)
+            window, window_rows, window_ok = _table_window(
+                TAB, stab_r, stab_c, i0, j0, T_Q, T_K, P, P_PAD, DIAG, BLOCK_M, BLOCK_N
+            )
             ds_window = tl.where(skew_ok, tl.gather(ds, skew, axis=1), 0.0).to(qp.dtype)  # (BLOCK_M, DIAG)
             dqp += _mm(ds_window, window.to(qp.dtype), IEEE)
             dwindow = _mm(tl.trans(ds_window), qp, IEEE)  # (DIAG, P_PAD)
-            tl.atomic_add(DTAB + window_rows[:, None] * sdtab_r + offs_p[None, :], dwindow,
-                          mask=window_ok[:, None] & (offs_p[None, :] < P))
+            tl.atomic_add(
+                DTAB + window_rows[:, None] * sdtab_r + offs_p[None, :],
+                dwindow,
+                mask=window_ok[:, None] & (offs_p[None, :] < P),
+            )
         elif HAS_POS:
             valid = row_mask[:, None] & col_mask[None, :]
             rows = offs_n[None, :] - offs_m[:, None] + (T_Q - 1)
@@ -454,11 +823,17 @@ def _bwd_dq_kernel(
                 per_row = tl.sum(tl.where(skew_ok, skewed, 0.0), axis=0)
                 tl.atomic_add(DTAB + diag_rows * sdtab_r + c, per_row, mask=diag_ok)
 
-    tl.store(DQ + offs_m[:, None] * sdq_t + offs_d[None, :], (dq * scale).to(DQ.dtype.element_ty),
-             mask=row_mask[:, None] & (offs_d[None, :] < D))
+    tl.store(
+        DQ + offs_m[:, None] * sdq_t + offs_d[None, :],
+        (dq * scale).to(DQ.dtype.element_ty),
+        mask=row_mask[:, None] & (offs_d[None, :] < D),
+    )
     if HAS_POS:
-        tl.store(DQP + offs_m[:, None] * sdqp_t + offs_p[None, :], dqp.to(DQP.dtype.element_ty),
-                 mask=row_mask[:, None] & (offs_p[None, :] < P))
+        tl.store(
+            DQP + offs_m[:, None] * sdqp_t + offs_p[None, :],
+            dqp.to(DQP.dtype.element_ty),
+            mask=row_mask[:, None] & (offs_p[None, :] < P),
+        )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -588,12 +963,19 @@ class _Problem:
         one pass."""
         block_m, block_n = blocks or self.blocks(backward)
         return dict(
-            D=self.head_dim, P=self.pos_dim, D_PAD=_pad_dim(self.head_dim),
+            D=self.head_dim,
+            P=self.pos_dim,
+            D_PAD=_pad_dim(self.head_dim),
             # The wide path's P is a tl.dot operand side (>= 16); the narrow path's only a dq_pos tile.
             P_PAD=_pad_dim(self.pos_dim) if self.wide_pos else triton.next_power_of_2(self.pos_dim),
-            DIAG=triton.next_power_of_2(block_m + block_n - 1), BLOCK_M=block_m, BLOCK_N=block_n,
-            HAS_POS=self.q_pos is not None, WIDE_POS=self.wide_pos, HAS_KB=self.key_bias is not None,
-            HAS_CHUNK=self.has_chunk, IEEE=self.ieee,
+            DIAG=triton.next_power_of_2(block_m + block_n - 1),
+            BLOCK_M=block_m,
+            BLOCK_N=block_n,
+            HAS_POS=self.q_pos is not None,
+            WIDE_POS=self.wide_pos,
+            HAS_KB=self.key_bias is not None,
+            HAS_CHUNK=self.has_chunk,
+            IEEE=self.ieee,
         )
 
     def common_args(self) -> tuple:
@@ -606,7 +988,11 @@ class _Problem:
         tab_strides = tab.stride() if self.pos_table is not None else (0, 0, 0)
         kb_strides = kb.stride() if self.key_bias is not None else (0, 0)
         return (q, k, qp, tab, kb), (
-            *q.stride()[:3], *k.stride()[:3], *qp_strides, *tab_strides, *kb_strides,
+            *q.stride()[:3],
+            *k.stride()[:3],
+            *qp_strides,
+            *tab_strides,
+            *kb_strides,
         )
 
     def lse_buffer(self) -> Tensor:
@@ -625,8 +1011,18 @@ _FITTING_BLOCKS: dict[tuple, tuple[int, int]] = {}
 
 def _run_with_fitting_blocks(pb: _Problem, pass_name: str, backward: bool, launch):
     """``launch(tiles)`` with the default tiles, or the largest smaller ones whose kernels fit."""
-    key = (pass_name, pb.q.device, pb.q.dtype, pb.head_dim, pb.value_dim, pb.pos_dim, pb.wide_pos,
-           pb.q_pos is not None, pb.key_bias is not None, pb.has_chunk)
+    key = (
+        pass_name,
+        pb.q.device,
+        pb.q.dtype,
+        pb.head_dim,
+        pb.value_dim,
+        pb.pos_dim,
+        pb.wide_pos,
+        pb.q_pos is not None,
+        pb.key_bias is not None,
+        pb.has_chunk,
+    )
     block_m, block_n = _FITTING_BLOCKS.get(key) or pb.blocks(backward)
     while True:
         try:
@@ -650,20 +1046,54 @@ def _forward(pb: _Problem, with_values: bool) -> tuple[Tensor | None, Tensor]:
 
 
 def _forward_tiles(pb: _Problem, with_values: bool, tiles: dict) -> tuple[Tensor | None, Tensor]:
-    (q, k, qp, tab, kb), (sq_h, sq_n, sq_t, sk_h, sk_n, sk_t, sqp_h, sqp_n, sqp_t, stab_h, stab_r, stab_c,
-                          skb_n, skb_t) = pb.common_args()
+    (
+        (q, k, qp, tab, kb),
+        (sq_h, sq_n, sq_t, sk_h, sk_n, sk_t, sqp_h, sqp_n, sqp_t, stab_h, stab_r, stab_c, skb_n, skb_t),
+    ) = pb.common_args()
     v = pb.v if with_values else q
-    out = (torch.empty((pb.num_heads, pb.batch_size, pb.num_queries, pb.value_dim), device=q.device, dtype=v.dtype)
-           if with_values else q)
+    out = (
+        torch.empty((pb.num_heads, pb.batch_size, pb.num_queries, pb.value_dim), device=q.device, dtype=v.dtype)
+        if with_values
+        else q
+    )
     lse = pb.lse_buffer()
     grid = (triton.cdiv(pb.num_queries, tiles["BLOCK_M"]), pb.num_heads * pb.batch_size)
     _fwd_kernel[grid](
-        q, k, v, qp, tab, kb, out, lse,
-        sq_h, sq_n, sq_t, sk_h, sk_n, sk_t, *(v.stride()[:3] if with_values else (0, 0, 0)),
-        sqp_h, sqp_n, sqp_t, stab_h, stab_r, stab_c, skb_n, skb_t,
+        q,
+        k,
+        v,
+        qp,
+        tab,
+        kb,
+        out,
+        lse,
+        sq_h,
+        sq_n,
+        sq_t,
+        sk_h,
+        sk_n,
+        sk_t,
+        *(v.stride()[:3] if with_values else (0, 0, 0)),
+        sqp_h,
+        sqp_n,
+        sqp_t,
+        stab_h,
+        stab_r,
+        stab_c,
+        skb_n,
+        skb_t,
         *(out.stride()[:3] if with_values else (0, 0, 0)),
-        pb.batch_size, pb.num_queries, pb.num_keys, pb.scale, pb.chunk_size, pb.left_chunks,
-        DV=pb.value_dim, DV_PAD=_pad_dim(pb.value_dim), HAS_V=with_values, **tiles, num_warps=_NUM_WARPS,
+        pb.batch_size,
+        pb.num_queries,
+        pb.num_keys,
+        pb.scale,
+        pb.chunk_size,
+        pb.left_chunks,
+        DV=pb.value_dim,
+        DV_PAD=_pad_dim(pb.value_dim),
+        HAS_V=with_values,
+        **tiles,
+        num_warps=_NUM_WARPS,
     )
     return (out if with_values else None), lse
 
@@ -673,19 +1103,45 @@ def _weights(pb: _Problem, lse: Tensor) -> Tensor:
 
 
 def _weights_tiles(pb: _Problem, lse: Tensor, tiles: dict) -> Tensor:
-    (q, k, qp, tab, kb), (sq_h, sq_n, sq_t, sk_h, sk_n, sk_t, sqp_h, sqp_n, sqp_t, stab_h, stab_r, stab_c,
-                          skb_n, skb_t) = pb.common_args()
-    weights = torch.empty(
-        (pb.num_heads, pb.batch_size, pb.num_queries, pb.num_keys), device=q.device, dtype=q.dtype
-    )
+    (
+        (q, k, qp, tab, kb),
+        (sq_h, sq_n, sq_t, sk_h, sk_n, sk_t, sqp_h, sqp_n, sqp_t, stab_h, stab_r, stab_c, skb_n, skb_t),
+    ) = pb.common_args()
+    weights = torch.empty((pb.num_heads, pb.batch_size, pb.num_queries, pb.num_keys), device=q.device, dtype=q.dtype)
     num_key_blocks = triton.cdiv(pb.num_keys, tiles["BLOCK_N"])
     grid = (triton.cdiv(pb.num_queries, tiles["BLOCK_M"]) * num_key_blocks, pb.num_heads * pb.batch_size)
     _weights_kernel[grid](
-        q, k, qp, tab, kb, lse, weights,
-        sq_h, sq_n, sq_t, sk_h, sk_n, sk_t, sqp_h, sqp_n, sqp_t, stab_h, stab_r, stab_c, skb_n, skb_t,
+        q,
+        k,
+        qp,
+        tab,
+        kb,
+        lse,
+        weights,
+        sq_h,
+        sq_n,
+        sq_t,
+        sk_h,
+        sk_n,
+        sk_t,
+        sqp_h,
+        sqp_n,
+        sqp_t,
+        stab_h,
+        stab_r,
+        stab_c,
+        skb_n,
+        skb_t,
         *weights.stride()[:3],
-        pb.batch_size, pb.num_queries, pb.num_keys, pb.scale, pb.chunk_size, pb.left_chunks, num_key_blocks,
-        **tiles, num_warps=_NUM_WARPS,
+        pb.batch_size,
+        pb.num_queries,
+        pb.num_keys,
+        pb.scale,
+        pb.chunk_size,
+        pb.left_chunks,
+        num_key_blocks,
+        **tiles,
+        num_warps=_NUM_WARPS,
     )
     return weights
 
@@ -695,7 +1151,9 @@ def _backward(
 ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None, Tensor | None]:
     """Gradients (q, k, v, q_pos, table) from ``grad_out`` (attention) or ``grad_weights`` (weights)."""
     return _run_with_fitting_blocks(
-        pb, "backward" if grad_weights is None else "weights backward", True,
+        pb,
+        "backward" if grad_weights is None else "weights backward",
+        True,
         lambda tiles: _backward_tiles(pb, lse, delta, grad_out, grad_weights, tiles),
     )
 
@@ -713,31 +1171,79 @@ def _backward_tiles(
     dv = q if from_weights else torch.empty_like(v)
     has_pos = pb.q_pos is not None
     dqp = torch.empty_like(qp) if has_pos else q
-    dtab = (torch.zeros(tab.shape, device=q.device, dtype=torch.float32) if has_pos else q)
+    dtab = torch.zeros(tab.shape, device=q.device, dtype=torch.float32) if has_pos else q
     (sq_h, sq_n, sq_t, sk_h, sk_n, sk_t, sqp_h, sqp_n, sqp_t, stab_h, stab_r, stab_c, skb_n, skb_t) = common_strides
     v_strides = (0, 0, 0) if from_weights else v.stride()[:3]
     do_strides = (0, 0, 0) if from_weights else do.stride()[:3]
     dw_strides = dw.stride()[:3] if from_weights else (0, 0, 0)
     block_m, block_n = tiles["BLOCK_M"], tiles["BLOCK_N"]
     sizes = dict(
-        DV=pb.value_dim, DV_PAD=_pad_dim(pb.value_dim), FROM_WEIGHTS=from_weights, **tiles, num_warps=_NUM_WARPS,
+        DV=pb.value_dim,
+        DV_PAD=_pad_dim(pb.value_dim),
+        FROM_WEIGHTS=from_weights,
+        **tiles,
+        num_warps=_NUM_WARPS,
     )
     scalars = (pb.batch_size, pb.num_queries, pb.num_keys, pb.scale, pb.chunk_size, pb.left_chunks)
     head_batch = pb.num_heads * pb.batch_size
     inputs_and_strides = (
-        sq_h, sq_n, sq_t, sk_h, sk_n, sk_t, *v_strides, sqp_h, sqp_n, sqp_t, stab_h, stab_r, stab_c,
-        skb_n, skb_t, *do_strides, *dw_strides,
+        sq_h,
+        sq_n,
+        sq_t,
+        sk_h,
+        sk_n,
+        sk_t,
+        *v_strides,
+        sqp_h,
+        sqp_n,
+        sqp_t,
+        stab_h,
+        stab_r,
+        stab_c,
+        skb_n,
+        skb_t,
+        *do_strides,
+        *dw_strides,
     )
     _bwd_dkdv_kernel[(triton.cdiv(pb.num_keys, block_n), head_batch)](
-        q, k, v, qp, tab, kb, do, dw, lse, delta, dk, dv,
-        *inputs_and_strides, *dk.stride()[:3], *((0, 0, 0) if from_weights else dv.stride()[:3]),
-        *scalars, **sizes,
+        q,
+        k,
+        v,
+        qp,
+        tab,
+        kb,
+        do,
+        dw,
+        lse,
+        delta,
+        dk,
+        dv,
+        *inputs_and_strides,
+        *dk.stride()[:3],
+        *((0, 0, 0) if from_weights else dv.stride()[:3]),
+        *scalars,
+        **sizes,
     )
     _bwd_dq_kernel[(triton.cdiv(pb.num_queries, block_m), head_batch)](
-        q, k, v, qp, tab, kb, do, dw, lse, delta, dq, dqp, dtab,
-        *inputs_and_strides, *dq.stride()[:3], *(dqp.stride()[:3] if has_pos else (0, 0, 0)),
+        q,
+        k,
+        v,
+        qp,
+        tab,
+        kb,
+        do,
+        dw,
+        lse,
+        delta,
+        dq,
+        dqp,
+        dtab,
+        *inputs_and_strides,
+        *dq.stride()[:3],
+        *(dqp.stride()[:3] if has_pos else (0, 0, 0)),
         *(dtab.stride()[:2] if has_pos else (0, 0)),
-        *scalars, **sizes,
+        *scalars,
+        **sizes,
     )
     return (
         dq,

@@ -21,7 +21,9 @@ def sinusoid(p: int, dim: int) -> torch.Tensor:
 
 
 def reference_attention(
-    att: RelPositionMultiheadAttention, x: torch.Tensor, length: int,
+    att: RelPositionMultiheadAttention,
+    x: torch.Tensor,
+    length: int,
     visible: Callable[[int, int], bool] | None = None,
 ) -> torch.Tensor:
     """One utterance ``x`` (T, D) of which the first ``length`` frames are valid, computed with explicit
@@ -69,6 +71,6 @@ def reference_attention(
                 values.append(group(v, j)[sl])
             w = torch.softmax(torch.stack(scores), dim=0)
             result[sl] = sum(wi * vi for wi, vi in zip(w, values))
-        out[qi * G:(qi + 1) * G] = result.reshape(G, D)
+        out[qi * G : (qi + 1) * G] = result.reshape(G, D)
     out = out[: len(range(0, T, S))] if G == 1 else out[:T]
     return lin("linear_out", out)

@@ -29,8 +29,12 @@ def set_options() -> list[str]:
 
 
 def transducer_tensors(
-    vocab_size: int = FIXTURE_VOCAB, encoder_dim: int = ENCODER_DIM, decoder_dim: int = 16, joiner_dim: int = 12,
-    context_size: int = 2, seed: int = 0,
+    vocab_size: int = FIXTURE_VOCAB,
+    encoder_dim: int = ENCODER_DIM,
+    decoder_dim: int = 16,
+    joiner_dim: int = 12,
+    context_size: int = 2,
+    seed: int = 0,
 ) -> dict[str, torch.Tensor]:
     """icefall's transducer entries: ``Decoder`` (embedding ``(V, D)``; for context > 1 a grouped
     ``Conv1d`` with 4 channels a group, weight ``(D, 4, context)``, no bias), ``Joiner`` (``encoder_proj``
@@ -44,18 +48,20 @@ def transducer_tensors(
     tensors = {"decoder.embedding.weight": rand(vocab_size, decoder_dim, scale=1.0)}
     if context_size > 1:
         tensors["decoder.conv.weight"] = rand(decoder_dim, 4, context_size)
-    tensors.update({
-        "joiner.encoder_proj.weight": rand(joiner_dim, encoder_dim),
-        "joiner.encoder_proj.bias": rand(joiner_dim, scale=0.1),
-        "joiner.decoder_proj.weight": rand(joiner_dim, decoder_dim),
-        "joiner.decoder_proj.bias": rand(joiner_dim, scale=0.1),
-        "joiner.output_linear.weight": rand(vocab_size, joiner_dim, scale=2.0),
-        "joiner.output_linear.bias": rand(vocab_size, scale=0.1),
-        "simple_am_proj.weight": rand(vocab_size, encoder_dim),
-        "simple_am_proj.bias": rand(vocab_size, scale=0.1),
-        "simple_lm_proj.weight": rand(vocab_size, decoder_dim),
-        "simple_lm_proj.bias": rand(vocab_size, scale=0.1),
-    })
+    tensors.update(
+        {
+            "joiner.encoder_proj.weight": rand(joiner_dim, encoder_dim),
+            "joiner.encoder_proj.bias": rand(joiner_dim, scale=0.1),
+            "joiner.decoder_proj.weight": rand(joiner_dim, decoder_dim),
+            "joiner.decoder_proj.bias": rand(joiner_dim, scale=0.1),
+            "joiner.output_linear.weight": rand(vocab_size, joiner_dim, scale=2.0),
+            "joiner.output_linear.bias": rand(vocab_size, scale=0.1),
+            "simple_am_proj.weight": rand(vocab_size, encoder_dim),
+            "simple_am_proj.bias": rand(vocab_size, scale=0.1),
+            "simple_lm_proj.weight": rand(vocab_size, decoder_dim),
+            "simple_lm_proj.bias": rand(vocab_size, scale=0.1),
+        }
+    )
     return tensors
 
 

@@ -19,8 +19,14 @@ TRITON_KERNEL_ENCODER_CASES = _HERE / "triton_kernel_encoder_cases.py"
 
 
 def rel_pos_inputs(
-    num_queries: int, num_keys: int, head_dim: int, value_dim: int, pos_dim: int | None,
-    padded_lengths: tuple[int, ...] = (), num_heads: int = 2, seed: int = 0,
+    num_queries: int,
+    num_keys: int,
+    head_dim: int,
+    value_dim: int,
+    pos_dim: int | None,
+    padded_lengths: tuple[int, ...] = (),
+    num_heads: int = 2,
+    seed: int = 0,
 ) -> dict[str, torch.Tensor | None]:
     """Random float32 CPU inputs of the kernels, batch of 2: ``q``, ``k`` (H, N, T_q | T_k, head_dim), ``v``
     (H, N, T_k, value_dim), ``q_pos`` (H, N, T_q, pos_dim) and ``pos_table`` (H, T_q + T_k - 1, pos_dim), all

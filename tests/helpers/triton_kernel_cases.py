@@ -43,6 +43,7 @@ def _inputs(*args, **kwargs) -> dict:
 def _randn(*shape: int, seed: int) -> torch.Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to(DEVICE)
 
+
 GRAD_NAMES = ("q", "k", "v", "q_pos", "pos_table")
 
 
@@ -176,8 +177,9 @@ def test_kernel_skips_fully_masked_key_blocks():
         # Chunk 16, no left context: query block 1 (rows 16..31) sees only key block 1.
         k[:, :, :16] = float("nan")
         v[:, :, 32:] = float("nan")
-        out = kernels.rel_pos_attention(x["q"], k, v, x["q_pos"], x["pos_table"], chunk_size=16, left_chunks=0,
-                                        block_m=16, block_n=16)
+        out = kernels.rel_pos_attention(
+            x["q"], k, v, x["q_pos"], x["pos_table"], chunk_size=16, left_chunks=0, block_m=16, block_n=16
+        )
         expected = rel_pos_attention_reference(x["q"], x["k"], x["v"], x["q_pos"], x["pos_table"], None, 16, 0)
     torch.testing.assert_close(out[:, :, 16:32], expected[:, :, 16:32], atol=2e-5, rtol=1e-4)
 

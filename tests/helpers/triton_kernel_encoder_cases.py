@@ -47,18 +47,39 @@ def kernel_calls(monkeypatch) -> list[tuple]:
 ENCODER_CASES = [
     # Stage 1 of the Efficient Conformer: group 3 over 30 features per head = head dim 90 (padded to 128
     # inside the kernel), positional dim 90; stages 2 and 3: head dims 32 and 36.
-    pytest.param("efficient-conformer-small", False,
-                 dict(stage_dims=(60, 64, 72), stage_layers=(1, 1, 1), num_heads=2, kernel_size=5,
-                      feedforward_ratio=2),
-                 (57, 41), [(-1, -1, 90), (-1, -1, 32), (-1, -1, 36)], id="efficient-conformer"),
-    pytest.param("conformer-small", False,
-                 dict(encoder_dim=32, num_layers=2, num_heads=2, feedforward_dim=64, kernel_size=5),
-                 (81, 63), [(-1, -1, 16)] * 2, id="conformer"),
+    pytest.param(
+        "efficient-conformer-small",
+        False,
+        dict(stage_dims=(60, 64, 72), stage_layers=(1, 1, 1), num_heads=2, kernel_size=5, feedforward_ratio=2),
+        (57, 41),
+        [(-1, -1, 90), (-1, -1, 32), (-1, -1, 36)],
+        id="efficient-conformer",
+    ),
+    pytest.param(
+        "conformer-small",
+        False,
+        dict(encoder_dim=32, num_layers=2, num_heads=2, feedforward_dim=64, kernel_size=5),
+        (81, 63),
+        [(-1, -1, 16)] * 2,
+        id="conformer",
+    ),
     # Chunks of 4 frames, 8 frames (2 chunks) of left context.
-    pytest.param("conformer-small", True,
-                 dict(encoder_dim=32, num_layers=2, num_heads=2, feedforward_dim=64, kernel_size=5, chunk_size=4,
-                      left_context_frames=8),
-                 (81, 63), [(4, 2, 16)] * 2, id="conformer-causal-chunked"),
+    pytest.param(
+        "conformer-small",
+        True,
+        dict(
+            encoder_dim=32,
+            num_layers=2,
+            num_heads=2,
+            feedforward_dim=64,
+            kernel_size=5,
+            chunk_size=4,
+            left_context_frames=8,
+        ),
+        (81, 63),
+        [(4, 2, 16)] * 2,
+        id="conformer-causal-chunked",
+    ),
 ]
 
 
@@ -91,8 +112,11 @@ def test_kernel_grouped_attention_weights(kernel_calls):
     torch.manual_seed(1)
     att = RelPositionMultiheadAttention(60, 2, group_size=3).eval().to(DEVICE)
     x = torch.randn(2, 13, 60).to(DEVICE)
-    kwargs = dict(attn_mask=chunked_mask(13, 6, 1).to(DEVICE),
-                  key_padding_mask=padding_mask(torch.tensor([13, 8]), 13).to(DEVICE), need_weights=True)
+    kwargs = dict(
+        attn_mask=chunked_mask(13, 6, 1).to(DEVICE),
+        key_padding_mask=padding_mask(torch.tensor([13, 8]), 13).to(DEVICE),
+        need_weights=True,
+    )
     results = {}
     for backend in ("torch", "triton"):
         att.attention_backend = backend

@@ -67,7 +67,9 @@ def parse_variant(name: str) -> tuple[str, set[str]]:
     return dtype, set(options)
 
 
-def make_batches(steps: int, batch_seconds: float, vocab_size: int, seed: int) -> list[tuple[list[int], list[list[int]]]]:
+def make_batches(
+    steps: int, batch_seconds: float, vocab_size: int, seed: int
+) -> list[tuple[list[int], list[list[int]]]]:
     """``steps`` batches as (frame counts, token lists); one RNG seed, so every variant gets the same."""
     rng = random.Random(seed)
     batches = []
@@ -167,7 +169,9 @@ def main() -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--encoder", default="zipformer-xs")
     parser.add_argument("--vocab-size", type=int, default=256)
-    parser.add_argument("--variants", nargs="+", default=["float32", "bfloat16", "float16", "float16+fixed", "float16+nocudnn"])
+    parser.add_argument(
+        "--variants", nargs="+", default=["float32", "bfloat16", "float16", "float16+fixed", "float16+nocudnn"]
+    )
     parser.add_argument("--batch-seconds", type=float, default=200.0)
     parser.add_argument("--steps", type=int, default=12, help="timed steps per variant")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (new shapes still come after)")

@@ -151,8 +151,11 @@ def _measure(path: str, mode: str, x: dict, chunk_size: int, left_chunks: int, r
         run()
         torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
-    return {"status": "ok", "time_ms": 1e3 * statistics.median(times),
-            "peak_mem_mb": (torch.cuda.max_memory_allocated() - baseline) / 2**20}
+    return {
+        "status": "ok",
+        "time_ms": 1e3 * statistics.median(times),
+        "peak_mem_mb": (torch.cuda.max_memory_allocated() - baseline) / 2**20,
+    }
 
 
 def _check(x: dict, chunk_size: int, left_chunks: int) -> dict:
@@ -162,8 +165,12 @@ def _check(x: dict, chunk_size: int, left_chunks: int) -> dict:
         reference = _call("reference", x, chunk_size, left_chunks).float()
         diffs = {
             "max_abs_diff_output": (_call("triton", x, chunk_size, left_chunks).float() - reference).abs().max(),
-            "max_abs_diff_weights": (_call("triton_weights", x, chunk_size, left_chunks).float()
-                                     - _call("reference_weights", x, chunk_size, left_chunks).float()).abs().max(),
+            "max_abs_diff_weights": (
+                _call("triton_weights", x, chunk_size, left_chunks).float()
+                - _call("reference_weights", x, chunk_size, left_chunks).float()
+            )
+            .abs()
+            .max(),
         }
         if _takes_window_path(x["q_pos"].shape[-1]):
             with _positional_loop_forced():
@@ -182,8 +189,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="float16")
     parser.add_argument("--chunk-size", type=int, default=-1, help="chunk mask (frames); -1 = full attention")
     parser.add_argument("--left-chunks", type=int, default=-1, help="left context in chunks; -1 = unlimited")
-    parser.add_argument("--loop-max-length", type=int, default=4096,
-                        help="longest T for triton_loop_pos (the P-step loop is slow at large P)")
+    parser.add_argument(
+        "--loop-max-length",
+        type=int,
+        default=4096,
+        help="longest T for triton_loop_pos (the P-step loop is slow at large P)",
+    )
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
 
@@ -229,8 +240,11 @@ def main(argv: list[str] | None = None) -> int:
     for shape in args.shapes:
         for length in sorted(args.lengths):
             for mode in MODES:
-                rows = {r["path"]: r for r in results
-                        if (r["shape"], r["T"], r["mode"]) == (shape, length, mode) and r["status"] == "ok"}
+                rows = {
+                    r["path"]: r
+                    for r in results
+                    if (r["shape"], r["T"], r["mode"]) == (shape, length, mode) and r["status"] == "ok"
+                }
                 if "triton" not in rows:
                     continue
                 for other in ("triton_loop_pos", "reference", "sdpa_bias"):
@@ -243,10 +257,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{key}: time {ratios['time']:.2f}x, peak memory {ratios['memory']:.1f}x")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     report = {
-        "device": torch.cuda.get_device_name(), "dtype": args.dtype, "heads": args.heads, "batch": args.batch,
-        "chunk_size": args.chunk_size, "left_chunks": args.left_chunks,
+        "device": torch.cuda.get_device_name(),
+        "dtype": args.dtype,
+        "heads": args.heads,
+        "batch": args.batch,
+        "chunk_size": args.chunk_size,
+        "left_chunks": args.left_chunks,
         "shapes": {shape: dict(zip(("head_dim", "value_dim", "pos_dim"), SHAPES[shape])) for shape in args.shapes},
-        "check": checks, "results": results, "summary": summary,
+        "check": checks,
+        "results": results,
+        "summary": summary,
     }
     with open(args.json, "w") as f:
         json.dump(report, f, indent=2)

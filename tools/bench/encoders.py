@@ -176,9 +176,25 @@ def _run_worker(args: argparse.Namespace) -> dict:
 
 
 def _run_case(args: argparse.Namespace, encoder: str, seconds: float, mode: str) -> dict:
-    command = [sys.executable, __file__, "--worker", "--encoder", encoder, "--mode", mode,
-               "--batch", str(args.batch), "--seconds", str(seconds), "--repeats", str(args.repeats),
-               "--threads", str(args.threads), "--device", args.device] + (["--causal"] if args.causal else [])
+    command = [
+        sys.executable,
+        __file__,
+        "--worker",
+        "--encoder",
+        encoder,
+        "--mode",
+        mode,
+        "--batch",
+        str(args.batch),
+        "--seconds",
+        str(seconds),
+        "--repeats",
+        str(args.repeats),
+        "--threads",
+        str(args.threads),
+        "--device",
+        args.device,
+    ] + (["--causal"] if args.causal else [])
     result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **WORKER_MALLOC_ENV})
     if result.returncode != 0:
         lines = result.stderr.strip().splitlines() or [f"exit status {result.returncode}"]
@@ -194,8 +210,9 @@ def add_ratios(rows: list[dict], reference: str) -> None:
         base = ref.get((r["seconds"], r["mode"]))
         ok = base is not None and "error" not in r
         r["time_ratio"] = r["seconds_per_batch"] / base["seconds_per_batch"] if ok else None
-        r["memory_ratio"] = (r["peak_memory_bytes"] / base["peak_memory_bytes"]
-                             if ok and base["peak_memory_bytes"] > 0 else None)
+        r["memory_ratio"] = (
+            r["peak_memory_bytes"] / base["peak_memory_bytes"] if ok and base["peak_memory_bytes"] > 0 else None
+        )
 
 
 def _ratio(value: float | None) -> str:
@@ -210,22 +227,27 @@ def _models_table(models: list[dict], reference: str) -> str:
             lines.append(f"{m['encoder']:<27} not built: {m['error']}")
             continue
         ratio = _ratio(None if ref_params is None else m["params"] / ref_params)
-        lines.append(f"{m['encoder']:<27} {m['params']:>11,} {ratio:>6} "
-                     f"{m['output_dim']:>7} {m['output_hz']:>6g}  {m['how']}")
+        lines.append(
+            f"{m['encoder']:<27} {m['params']:>11,} {ratio:>6} {m['output_dim']:>7} {m['output_hz']:>6g}  {m['how']}"
+        )
     return "\n".join(lines)
 
 
 def _results_table(rows: list[dict], batch: int) -> str:
-    lines = [f"{'encoder':<27} {'audio':>9} {'mode':<8} {'s/batch':>9} {'x ref':>6} {'x realtime':>10} "
-             f"{'peak MiB':>9} {'x ref':>6}"]
+    lines = [
+        f"{'encoder':<27} {'audio':>9} {'mode':<8} {'s/batch':>9} {'x ref':>6} {'x realtime':>10} "
+        f"{'peak MiB':>9} {'x ref':>6}"
+    ]
     for r in rows:
         audio = f"{batch}x{r['seconds']:g}s"
         if "error" in r:
             lines.append(f"{r['encoder']:<27} {audio:>9} {r['mode']:<8} failed: {r['error']}")
             continue
-        lines.append(f"{r['encoder']:<27} {audio:>9} {r['mode']:<8} {r['seconds_per_batch']:>9.3f} "
-                     f"{_ratio(r['time_ratio']):>6} {batch * r['seconds'] / r['seconds_per_batch']:>10.1f} "
-                     f"{r['peak_memory_bytes'] / 2**20:>9.1f} {_ratio(r['memory_ratio']):>6}")
+        lines.append(
+            f"{r['encoder']:<27} {audio:>9} {r['mode']:<8} {r['seconds_per_batch']:>9.3f} "
+            f"{_ratio(r['time_ratio']):>6} {batch * r['seconds'] / r['seconds_per_batch']:>10.1f} "
+            f"{r['peak_memory_bytes'] / 2**20:>9.1f} {_ratio(r['memory_ratio']):>6}"
+        )
     return "\n".join(lines)
 
 
@@ -244,23 +266,31 @@ def _describe_models(labels: list[str], causal: bool) -> list[dict]:
             x_lens = torch.tensor([1000])
             _, y_lens = model(torch.zeros(1, 1000, 80), x_lens)
         preset, overrides = resolve(label)
-        models.append({
-            "encoder": label, "preset": preset, "overrides": overrides,
-            "how": HOW_MATCHED.get(label, "preset"),
-            "params": sum(p.numel() for p in model.parameters()),
-            "output_dim": model.output_dim,
-            "output_hz": round(int(y_lens[0]) / 10.0, 1),
-        })
+        models.append(
+            {
+                "encoder": label,
+                "preset": preset,
+                "overrides": overrides,
+                "how": HOW_MATCHED.get(label, "preset"),
+                "params": sum(p.numel() for p in model.parameters()),
+                "output_dim": model.output_dim,
+                "output_hz": round(int(y_lens[0]) / 10.0, 1),
+            }
+        )
     return models
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--encoders", default=",".join(MATCHED_22M),
-                        help="comma-separated labels: the matched-size ones below or any build_encoder name "
-                             f"(default: {','.join(MATCHED_22M)})")
-    parser.add_argument("--reference", default="conformer-small",
-                        help="ratios are to this encoder (added to --encoders if missing)")
+    parser.add_argument(
+        "--encoders",
+        default=",".join(MATCHED_22M),
+        help="comma-separated labels: the matched-size ones below or any build_encoder name "
+        f"(default: {','.join(MATCHED_22M)})",
+    )
+    parser.add_argument(
+        "--reference", default="conformer-small", help="ratios are to this encoder (added to --encoders if missing)"
+    )
     parser.add_argument("--durations", default="10,30", help="comma-separated utterance durations, seconds")
     parser.add_argument("--batch", type=int, default=4, help="utterances per batch")
     parser.add_argument("--repeats", type=int, default=2, help="timed steps per case (the fastest is reported)")
@@ -289,8 +319,10 @@ def main(argv: list[str] | None = None) -> int:
     if not durations or min(durations) <= 0 or args.batch < 1 or args.repeats < 1:
         parser.error("--durations, --batch and --repeats must be positive")
 
-    header = (f"batch {args.batch} x {','.join(f'{d:g}' for d in durations)} s of fbank (100 frames/s), "
-              f"{args.threads} thread(s), {args.device}, causal={args.causal}, reference {args.reference}")
+    header = (
+        f"batch {args.batch} x {','.join(f'{d:g}' for d in durations)} s of fbank (100 frames/s), "
+        f"{args.threads} thread(s), {args.device}, causal={args.causal}, reference {args.reference}"
+    )
     print(header, flush=True)
     models = _describe_models(labels, args.causal)
     print(_models_table(models, args.reference), flush=True)

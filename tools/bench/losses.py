@@ -95,15 +95,14 @@ def _run_worker(path: str, size: dict, repeats: int, threads: int, device: str) 
         import torchaudio.functional as AF
 
         logits = torch.tanh(p["enc"].unsqueeze(2) + p["dec"].unsqueeze(1)) @ p["joiner"]
-        return AF.rnnt_loss(
-            logits, symbols.int(), boundary[:, 3].int(), boundary[:, 2].int(), blank=0, reduction="sum"
-        )
+        return AF.rnnt_loss(logits, symbols.int(), boundary[:, 3].int(), boundary[:, 2].int(), blank=0, reduction="sum")
 
     forward = {"full": full_forward, "pruned": pruned_forward, "torchaudio": torchaudio_forward}[path]
 
     # Warm up on a tiny case so that library loading is not counted as loss memory.
     forward(*make_inputs(2, 8, 3, 16)).backward()
     params, symbols, boundary = make_inputs(size["B"], size["T"], size["S"], size["C"])
+
     def now() -> float:
         if on_gpu:
             torch.cuda.synchronize()
@@ -187,8 +186,18 @@ def main(argv: list[str] | None = None) -> int:
                 row["status"] = f"skipped: needs ~{need_gb:.1f} GB, limit {limit_gb:.1f} GB"
             else:
                 job = json.dumps({"path": path, "size": size})
-                cmd = [sys.executable, __file__, "--worker", job, "--repeats", str(args.repeats),
-                       "--threads", str(args.threads), "--device", args.device]
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--worker",
+                    job,
+                    "--repeats",
+                    str(args.repeats),
+                    "--threads",
+                    str(args.threads),
+                    "--device",
+                    args.device,
+                ]
                 env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
                 proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
                 if proc.returncode != 0:
@@ -210,12 +219,19 @@ def main(argv: list[str] | None = None) -> int:
                 "time_ratio_full_over_pruned": (full["forward_s"] + full["backward_s"])
                 / (pruned["forward_s"] + pruned["backward_s"]),
             }
-            print(f"{key}: full/pruned peak memory {summary[key]['memory_ratio_full_over_pruned']:.1f}x, "
-                  f"time {summary[key]['time_ratio_full_over_pruned']:.1f}x")
+            print(
+                f"{key}: full/pruned peak memory {summary[key]['memory_ratio_full_over_pruned']:.1f}x, "
+                f"time {summary[key]['time_ratio_full_over_pruned']:.1f}x"
+            )
     args.json.parent.mkdir(parents=True, exist_ok=True)
     with open(args.json, "w") as f:
-        report = {"device": _device_name(args.device), "threads": args.threads, "joiner_dim": JOINER_DIM,
-                  "results": results, "summary": summary}
+        report = {
+            "device": _device_name(args.device),
+            "threads": args.threads,
+            "joiner_dim": JOINER_DIM,
+            "results": results,
+            "summary": summary,
+        }
         json.dump(report, f, indent=2)
     print(f"wrote {args.json}")
     return 0
@@ -234,8 +250,10 @@ def _print_row(row: dict) -> None:
         numbers = f"{row['forward_s']:8.3f}{row['backward_s']:8.3f}{row['peak_mem_mb']:10.1f}"
     else:
         numbers = f"{'-':>8}{'-':>8}{'-':>10}"
-    print(f"{row['path']:<11}{row['B']:>3}{row['T']:>6}{row['S']:>5}{row['C']:>6}  {numbers}  {row.get('status')}",
-          flush=True)
+    print(
+        f"{row['path']:<11}{row['B']:>3}{row['T']:>6}{row['S']:>5}{row['C']:>6}  {numbers}  {row.get('status')}",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

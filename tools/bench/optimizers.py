@@ -203,8 +203,7 @@ def train(task: TeacherTask, student: str, name: str, make_optimizer, args, targ
     final = f"{row['final_eval_loss']:>10.4f}" if final_ok else f"{'nan@' + str(diverged_at or step):>10}"
     best = "-" if row["best_eval_loss"] is None else f"{row['best_eval_loss']:.4f}"
     print(
-        f"{name:<26} {reached:>9} {final} {best:>9}"
-        f" {row['optimizer_ms_per_step']:>9.3f} {row['wall_s']:>7.1f}",
+        f"{name:<26} {reached:>9} {final} {best:>9} {row['optimizer_ms_per_step']:>9.3f} {row['wall_s']:>7.1f}",
         flush=True,
     )
     return row
@@ -217,12 +216,21 @@ def compare(student: str, args, cfg: TaskConfig) -> dict:
     task = TeacherTask(cfg, args.seed, target_stride=probe.output_stride)
     params = sum(p.numel() for p in probe.parameters())
     target_loss = args.target_loss if args.target_loss is not None else DEFAULT_TARGET_LOSS[student]
-    print(f"\n{student} student: {params:,} parameters, {task.eval_targets.shape[1]} target frames "
-          f"per {cfg.seq_len}-frame input, target held-out MSE {target_loss}")
+    print(
+        f"\n{student} student: {params:,} parameters, {task.eval_targets.shape[1]} target frames "
+        f"per {cfg.seq_len}-frame input, target held-out MSE {target_loss}"
+    )
     print(f"{'optimizer':<26} {'to target':>9} {'final loss':>10} {'best loss':>9} {'opt ms/st':>9} {'wall s':>7}")
     adam_rows = [
-        train(task, student, f"Adam lr={lr:g}", lambda m, lr=lr: torch.optim.Adam(m.parameters(), lr=lr), args,
-              target_loss, args.seed)
+        train(
+            task,
+            student,
+            f"Adam lr={lr:g}",
+            lambda m, lr=lr: torch.optim.Adam(m.parameters(), lr=lr),
+            args,
+            target_loss,
+            args.seed,
+        )
         for lr in args.adam_lrs
     ]
     scaled = train(
@@ -264,11 +272,16 @@ def compare(student: str, args, cfg: TaskConfig) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="zipformer,transformer",
-                        help=f"comma-separated students from {sorted(STUDENTS)}")
+    parser.add_argument(
+        "--models", default="zipformer,transformer", help=f"comma-separated students from {sorted(STUDENTS)}"
+    )
     parser.add_argument("--steps", type=int, default=400, help="training steps per run")
-    parser.add_argument("--target-loss", type=float, default=None,
-                        help=f"held-out MSE for 'steps to target' (default per student: {DEFAULT_TARGET_LOSS})")
+    parser.add_argument(
+        "--target-loss",
+        type=float,
+        default=None,
+        help=f"held-out MSE for 'steps to target' (default per student: {DEFAULT_TARGET_LOSS})",
+    )
     parser.add_argument("--eval-every", type=int, default=20)
     parser.add_argument("--adam-lrs", type=float, nargs="+", default=[1e-3, 3e-3, 1e-2])
     parser.add_argument("--scaled-adam-lr", type=float, default=0.045, help="the Zipformer recipe's base lr")
