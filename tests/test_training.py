@@ -17,44 +17,13 @@ from asr import checkpoint as ckpt
 from asr import cli
 
 from helpers import HELPERS
+from helpers.training import train_argv
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def asr_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "asr", *args]
-
-
-def train_argv(corpus: dict[str, Path], exp_dir: Path, *extra: str) -> list[str]:
-    """``asr train`` arguments: one epoch of a one-layer-per-stack Zipformer, a checkpoint every 2 batches."""
-    return [
-        "train",
-        "--preset",
-        "synth-cpu",
-        "--train-cuts",
-        str(corpus["train"]),
-        "--lang-dir",
-        str(corpus["lang"]),
-        "--exp-dir",
-        str(exp_dir),
-        "--encoder-kwargs",
-        '{"num_encoder_layers": [1, 1, 1, 1, 1, 1]}',
-        "--max-duration",
-        "12",
-        "--num-epochs",
-        "1",
-        "--num-workers",
-        "0",
-        "--save-every-n",
-        "2",
-        "--keep-last-k",
-        "100",
-        "--average-period",
-        "1",
-        "--log-interval",
-        "1",
-        *extra,
-    ]
 
 
 def train_args(corpus: dict[str, Path], exp_dir: Path, *extra: str) -> list[str]:

@@ -17,6 +17,8 @@ from lhotse import load_manifest
 import asr
 from asr import checkpoint as ckpt
 
+from helpers.training import train_argv
+
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -31,27 +33,7 @@ def trained(corpus, tmp_path_factory) -> dict[str, Path]:
     by ``asr average``, and two test wavs."""
     root = tmp_path_factory.mktemp("trained")
     exp_dir = root / "exp"
-    run_asr(
-        "train",
-        "--preset",
-        "synth-cpu",
-        "--train-cuts",
-        str(corpus["train"]),
-        "--lang-dir",
-        str(corpus["lang"]),
-        "--exp-dir",
-        str(exp_dir),
-        "--encoder-kwargs",
-        '{"num_encoder_layers": [1, 1, 1, 1, 1, 1]}',
-        "--max-duration",
-        "12",
-        "--num-epochs",
-        "1",
-        "--num-workers",
-        "0",
-        "--save-every-n",
-        "2",
-    )
+    run_asr(*train_argv(corpus, exp_dir))
     # A few batches teach the model to say nothing; noise on the weights makes every text non-empty, so that
     # equal texts below mean equal models, not two empty outputs.
     generator = torch.Generator().manual_seed(0)
