@@ -14,7 +14,7 @@ import random
 import pytest
 import torch
 
-from asr.decoding import modified_beam_search
+from asr.decoding import LexiconScorer, WordLmScorer, modified_beam_search
 from asr.decoding.lexicon import WORD_START, Lexicon
 from asr.lm import NgramLM
 
@@ -96,7 +96,7 @@ def test_exhaustive_beam_with_lexicon_equals_brute_force(penalty):
     lexicon = Lexicon(TINY_WORDS, TINY_PIECES)
     expected, am_score = brute_force_penalised_best(model, enc_out, lexicon, penalty)
     hyp = modified_beam_search(
-        model, enc_out, torch.tensor([4]), beam=VOCAB**4, length_norm=False, lexicon=lexicon, oov_penalty=penalty
+        model, enc_out, torch.tensor([4]), beam=VOCAB**4, length_norm=False, scorers=[LexiconScorer(lexicon, penalty)]
     )[0]
     assert tuple(hyp.tokens) == expected
     assert hyp.score == pytest.approx(am_score, abs=1e-4)
@@ -113,10 +113,10 @@ def test_the_penalty_changes_the_tiny_result_and_zero_is_plain_search():
     enc_out = torch.randn(3, 9, 32, generator=torch.Generator().manual_seed(5))
     enc_lens = torch.tensor([9, 6, 4])
     without = modified_beam_search(model, enc_out, enc_lens, beam=4)
-    zero = modified_beam_search(model, enc_out, enc_lens, beam=4, lexicon=lexicon, oov_penalty=0.0)
+    zero = modified_beam_search(model, enc_out, enc_lens, beam=4, scorers=[LexiconScorer(lexicon, 0.0)])
     assert [(h.tokens, h.timestamps, h.score) for h in without] == [(h.tokens, h.timestamps, h.score) for h in zero]
     with pytest.raises(ValueError, match="oov_penalty"):
-        modified_beam_search(model, enc_out, enc_lens, lexicon=lexicon, oov_penalty=-1.0)
+        modified_beam_search(model, enc_out, enc_lens, scorers=[LexiconScorer(lexicon, -1.0)])
 
 
 def test_from_files_reads_lists_and_texts_and_matches_the_case_of_the_tokens(tmp_path):
@@ -172,11 +172,7 @@ def test_exhaustive_beam_with_word_lm_equals_brute_force(penalty, scale, bonus):
         torch.tensor([4]),
         beam=VOCAB**4,
         length_norm=False,
-        lexicon=lexicon,
-        oov_penalty=penalty,
-        word_lm=word_lm,
-        word_lm_scale=scale,
-        word_bonus=bonus,
+        scorers=[LexiconScorer(lexicon, penalty), WordLmScorer(word_lm, lexicon, scale, bonus)],
     )[0]
     assert tuple(hyp.tokens) == expected
     assert hyp.score == pytest.approx(scored[expected][1], abs=1e-4)
@@ -189,7 +185,7 @@ def test_word_lm_needs_a_lexicon_and_round_trips_through_arpa(tmp_path):
     model = tiny_model(seed=7, encoder_dim=32).eval()
     enc_out = torch.randn(1, 4, 32)
     with pytest.raises(ValueError, match="needs a lexicon"):
-        modified_beam_search(model, enc_out, torch.tensor([4]), word_lm=toy_word_lm(), word_lm_scale=1.0)
+        modified_beam_search(model, enc_out, torch.tensor([4]), scorers=[WordLmScorer(toy_word_lm(), None, 1.0)])
     word_lm = toy_word_lm(order=3)
     word_lm.save_arpa(tmp_path / "words.arpa")
     loaded = NgramLM.load_arpa_words(tmp_path / "words.arpa")

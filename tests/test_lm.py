@@ -21,7 +21,7 @@ from lhotse.cut import MonoCut
 import asr.lm.text as lm_text
 from asr import cli
 from asr.data.tokenizer import build_char_tokenizer, load_tokenizer
-from asr.decoding import modified_beam_search
+from asr.decoding import TokenLmScorer, modified_beam_search
 from asr.lm import NgramLM, adjusted_counts, modified_kn_discounts, ngram_counts
 
 from helpers.tiny_models import VOCAB, tiny_model
@@ -308,10 +308,7 @@ def test_fused_exhaustive_beam_equals_brute_force(fusion_setup, lm_scale, lm_fin
         torch.tensor([3]),
         beam=VOCAB**3,
         length_norm=length_norm,
-        lm=lm,
-        lm_scale=lm_scale,
-        lm_final=lm_final,
-        lm_bonus=lm_bonus,
+        scorers=[TokenLmScorer(lm, lm_scale, lm_bonus, lm_final)],
     )[0]
     assert tuple(hyp.tokens) == expected
     assert hyp.score == pytest.approx(am_score, abs=1e-4)
@@ -330,17 +327,17 @@ def test_lm_scale_zero_is_plain_search_and_batching_is_per_utterance(fusion_setu
     enc_out = torch.randn(3, 9, 32, generator=torch.Generator().manual_seed(5))
     enc_lens = torch.tensor([9, 6, 4])
     plain = modified_beam_search(model, enc_out, enc_lens, beam=4)
-    zero = modified_beam_search(model, enc_out, enc_lens, beam=4, lm=lm, lm_scale=0.0)
+    zero = modified_beam_search(model, enc_out, enc_lens, beam=4, scorers=[TokenLmScorer(lm, 0.0)])
     assert [(h.tokens, h.timestamps, h.score) for h in plain] == [(h.tokens, h.timestamps, h.score) for h in zero]
-    fused = modified_beam_search(model, enc_out, enc_lens, beam=4, lm=lm, lm_scale=1.0)
+    fused = modified_beam_search(model, enc_out, enc_lens, beam=4, scorers=[TokenLmScorer(lm, 1.0)])
     alone = [
-        modified_beam_search(model, enc_out[i : i + 1, :n], torch.tensor([n]), beam=4, lm=lm, lm_scale=1.0)[0]
+        modified_beam_search(model, enc_out[i : i + 1, :n], torch.tensor([n]), beam=4, scorers=[TokenLmScorer(lm, 1.0)])[0]
         for i, n in enumerate(enc_lens.tolist())
     ]
     assert [h.tokens for h in fused] == [h.tokens for h in alone]
     assert all(S not in h.tokens for h in fused)
     with pytest.raises(ValueError, match="lm_scale"):
-        modified_beam_search(model, enc_out, enc_lens, lm=lm, lm_scale=-1.0)
+        modified_beam_search(model, enc_out, enc_lens, scorers=[TokenLmScorer(lm, -1.0)])
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -24,7 +24,8 @@ import torch
 
 from asr import checkpoint as ckpt
 from asr.checkpoint import load_model
-from asr.inference.offline import LmFusion, decode, utterances_from_cuts
+from asr.decoding import TokenLmScorer
+from asr.inference import DecodingOptions, Recognizer, utterances_from_cuts
 from asr.lm import NgramLM
 from asr.wer import compute_wer
 
@@ -102,17 +103,10 @@ def main(argv: list[str] | None = None) -> int:
         model.eval()
         if args.lm is not None and lm is None:  # every checkpoint of a run has the same tokenizer
             lm = NgramLM.load_arpa(args.lm, [tokenizer.id_to_token(i) for i in range(tokenizer.vocab_size)])
-        fusion = LmFusion(lm, args.lm_scale, bonus=args.lm_bonus) if lm is not None else None
+        scorers = [TokenLmScorer(lm, args.lm_scale, args.lm_bonus)] if lm is not None else []
+        recognizer = Recognizer(model, DecodingOptions(method=args.method, beam=args.beam), scorers=scorers)
         errors: list[str] = []
-        result = decode(
-            model,
-            tokenizer,
-            utterances_from_cuts(args.cuts, errors),
-            method=args.method,
-            beam=args.beam,
-            errors=errors,
-            fusion=fusion,
-        )
+        result = recognizer.decode(utterances_from_cuts(args.cuts, errors), errors)
         wer = compute_wer(result.references, result.hypotheses)
         minutes = (path.stat().st_mtime - start) / 60
         rows.append(

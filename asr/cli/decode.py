@@ -19,7 +19,9 @@ import sys
 from pathlib import Path
 
 from asr.cli.common import make_parser, parse
-from asr.inference.offline import (
+from asr.inference.options import (
+    DEFAULT_LM_BONUS,
+    DEFAULT_LM_SCALE,
     DEFAULT_OOV_PENALTY,
     DEFAULT_WORD_BONUS,
     DEFAULT_WORD_LM_SCALE,
@@ -85,7 +87,7 @@ def build_parser():
     parser.add_argument(
         "--lm-scale",
         type=float,
-        default=0.5,
+        default=DEFAULT_LM_SCALE,
         help="weight of the LM log-probability (default: best on the synth dev set)",
     )
     parser.add_argument(
@@ -97,7 +99,7 @@ def build_parser():
     parser.add_argument(
         "--lm-bonus",
         type=float,
-        default=1.5,
+        default=DEFAULT_LM_BONUS,
         help="with --lm: reward per emitted token, against the deletions LM fusion causes "
         "(default: best on the synth dev set)",
     )
@@ -144,91 +146,71 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(parser, argv)
     if args.lm is not None and args.method != "modified_beam_search":
         parser.error(f"--lm needs --method modified_beam_search (got {args.method})")
-    if args.lm_scale < 0:
-        parser.error(f"--lm-scale must be >= 0, got {args.lm_scale}")
     if args.lexicon is not None and args.method != "modified_beam_search":
         parser.error(f"--lexicon needs --method modified_beam_search (got {args.method})")
-    if args.oov_penalty < 0:
-        parser.error(f"--oov-penalty must be >= 0, got {args.oov_penalty}")
     if args.word_lm is not None and args.lexicon is None:
         parser.error("--word-lm needs --lexicon (it tells where words end; --oov-penalty 0 for no penalty)")
-    if args.word_lm_scale < 0:
-        parser.error(f"--word-lm-scale must be >= 0, got {args.word_lm_scale}")
+    if not args.cuts and not args.audio:
+        parser.error("give audio files or --cuts")
+    if args.average_from is not None and args.average_batches is not None:
+        parser.error("give --average-from or --average-batches, not both")
+    if args.max_frames < 1:
+        parser.error(f"--max-frames must be >= 1, got {args.max_frames}")
+    from asr.inference.options import DecodingOptions
+
+    try:
+        options = DecodingOptions(
+            method=args.method,
+            beam=args.beam,
+            chunk_size=args.chunk_size,
+            left_context_frames=args.left_context_frames,
+            lm=args.lm,
+            lm_scale=args.lm_scale,
+            lm_bonus=args.lm_bonus,
+            lm_final=args.lm_final,
+            lexicon=tuple(args.lexicon or ()),
+            oov_penalty=args.oov_penalty,
+            word_lm=args.word_lm,
+            word_lm_scale=args.word_lm_scale,
+            word_bonus=args.word_bonus,
+        )
+    except ValueError as error:  # "beam must be ..." -> "--beam must be ..."
+        option, _, message = str(error).partition(" ")
+        parser.error(f"--{option.replace('_', '-')} {message}")
     import torch
 
     from asr.checkpoint import load_model
-    from asr.decoding.lexicon import Lexicon
+    from asr.data.manifests import ManifestError
     from asr.device import resolve_device
-    from asr.inference.offline import LmFusion, WordScoring, decode, utterances_from_cuts, utterances_from_files
-    from asr.lm import NgramLM
+    from asr.inference.offline import utterances_from_cuts, utterances_from_files
+    from asr.inference.recognizer import Recognizer
 
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
-    if not args.cuts and not args.audio:
-        raise SystemExit("asr decode: give audio files or --cuts")
     try:
         device = resolve_device(args.device, 0)
         torch.empty(0, device=device)
     except (RuntimeError, AssertionError) as error:
         parser.error(f"--device {args.device}: {error}")
-    if args.average_from is not None and args.average_batches is not None:
-        parser.error("give --average-from or --average-batches, not both")
     try:
         model = load_model(args.checkpoint, device, args.lang_dir, args.average_from, args.average_batches)
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f"asr decode: {error}") from None
-    tokenizer = model.tokenizer
-    if tokenizer is None:
+    if model.tokenizer is None:
         raise SystemExit(f"asr decode: {args.checkpoint} holds no tokenizer; pass --lang-dir")
-    if args.chunk_size is not None:
-        # Checked once here, before any audio is read, rather than on the first batch.
-        from asr.streaming import is_streaming_encoder
-
-        if not is_streaming_encoder(model.encoder):
-            parser.error(f"--chunk-size needs a causal (streaming) model; {args.checkpoint} is not one")
-        try:
-            with model.encoder.streaming(args.chunk_size, args.left_context_frames):
-                pass
-        except ValueError as error:
-            parser.error(f"--chunk-size {args.chunk_size}: {error}")
-    fusion = None
-    if args.lm is not None:
-        symbols = [tokenizer.id_to_token(i) for i in range(tokenizer.vocab_size)]
-        try:
-            fusion = LmFusion(NgramLM.load_arpa(args.lm, symbols), args.lm_scale, args.lm_final, args.lm_bonus)
-        except (OSError, ValueError) as error:
-            parser.error(f"--lm {args.lm}: {error}")
-    words = None
+    tokenizer = model.tokenizer
+    try:
+        recognizer = Recognizer(model, options, max_frames=args.max_frames)
+    except ValueError as error:  # options that do not fit this model, or files that do not fit its tokens
+        parser.error(f"{args.checkpoint}: {error}")
     if args.lexicon is not None:
-        pieces = [tokenizer.id_to_token(i) for i in range(tokenizer.vocab_size)]
-        try:
-            words = WordScoring(Lexicon.from_files(args.lexicon, pieces), args.oov_penalty)
-        except (OSError, ValueError) as error:
-            parser.error(f"--lexicon: {error}")
-        log.info("lexicon: %d words, penalty %g per unknown word", len(words.lexicon), args.oov_penalty)
-    if args.word_lm is not None:
-        try:
-            words.word_lm = NgramLM.load_arpa_words(args.word_lm)
-        except (OSError, ValueError) as error:
-            parser.error(f"--word-lm {args.word_lm}: {error}")
-        words.word_lm_scale = args.word_lm_scale
-        words.word_bonus = args.word_bonus
+        log.info("lexicon: %s, penalty %g per unknown word", ", ".join(args.lexicon), args.oov_penalty)
     errors: list[str] = []
-    utterances = utterances_from_cuts(args.cuts, errors) if args.cuts else utterances_from_files(args.audio, errors)
-    result = decode(
-        model,
-        tokenizer,
-        utterances,
-        args.method,
-        args.beam,
-        args.chunk_size,
-        args.left_context_frames,
-        args.max_frames,
-        errors,
-        on_result=lambda uid, text: print(f"{uid}\t{text}", flush=True),
-        fusion=fusion,
-        words=words,
-    )
+    try:
+        utterances = utterances_from_cuts(args.cuts, errors) if args.cuts else utterances_from_files(args.audio, errors)
+    except ManifestError as error:
+        raise SystemExit(f"asr decode: {error}") from None
+    result = recognizer.decode(utterances, errors, on_result=lambda uid, res: print(f"{uid}\t{res.text}", flush=True))
     print(
         f"decoded {len(result.hypotheses)} utterances, {result.audio_seconds:.1f} s of audio, "
         f"real-time factor {result.real_time_factor:.3f}",

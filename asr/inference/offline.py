@@ -1,23 +1,24 @@
-"""Offline recognition: utterances from files or cuts, batched encoding, search, texts.
+"""Offline recognition's pieces: utterances from files or cuts, batched encoding, search.
 
-:func:`decode` runs a model over utterances in padded batches (:func:`batches`), encoding each batch whole
-or, with ``chunk_size``, chunk by chunk through a causal encoder's streaming forward
+:func:`decode_batches` runs a model over utterances in padded batches (:func:`batches`), encoding each batch
+whole or, with ``chunk_size``, chunk by chunk through a causal encoder's streaming forward
 (:func:`asr.streaming.simulate_streaming`), then searching its output (:func:`search`).
-:func:`transcribe` is the one-file form. Audio of any sample rate is resampled to 16 kHz.
+:class:`asr.inference.Recognizer` is the user's object over these; :func:`transcribe` the one-call form.
+Audio of any sample rate is resampled to 16 kHz.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from asr.data.audio import AudioError, load_audio, resample
+from asr.data.audio import AudioError, load_audio
 from asr.data.features import compute_fbank, make_fbank_extractor
 from asr.data.tokenizer import CharTokenizer, Tokenizer
 from asr.decoding import (
@@ -27,21 +28,17 @@ from asr.decoding import (
     greedy_search,
     modified_beam_search,
 )
-from asr.decoding.lexicon import Lexicon
+from asr.decoding.scorers import Scorer
 from asr.encoders import StreamingEncoder
-from asr.lm import NgramLM
+from asr.inference.options import DecodingOptions
 from asr.models import AsrModel
 from asr.streaming import is_streaming_encoder, simulate_streaming
 from asr.streaming.simulate import LOG_EPS  # what training pads with
 
 log = logging.getLogger("asr.inference")
 
-METHODS = ("greedy", "modified_beam_search", "ctc_greedy", "ctc_prefix_beam_search")
 SAMPLE_RATE = 16000
 FRAME_SHIFT = 0.01  # seconds per fbank frame
-DEFAULT_WORD_LM_SCALE = 0.3
-DEFAULT_WORD_BONUS = 1.5
-DEFAULT_OOV_PENALTY = 6.0  # best of 1.5, 3, 6, 10 on 600 synth dev utterances
 
 
 @dataclass
@@ -52,12 +49,20 @@ class Utterance:
     speaker: str | None = None
 
 
+def check_samples(samples: np.ndarray, name: str | Path) -> np.ndarray:
+    """``samples`` if every one is finite; otherwise :class:`AudioError` naming ``name`` and the count."""
+    bad = int(np.count_nonzero(~np.isfinite(samples)))
+    if bad:
+        raise AudioError(f"{name}: {bad} of {samples.size} samples are NaN or infinite")
+    return samples
+
+
 def utterances_from_files(paths: Iterable[str], errors: list[str]) -> Iterator[Utterance]:
     """Fbank of each audio file; unreadable files are appended to ``errors`` (message names the file)."""
     extractor = make_fbank_extractor()
     for path in paths:
         try:
-            samples = load_audio(path, SAMPLE_RATE)
+            samples = check_samples(load_audio(path, SAMPLE_RATE), path)
         except AudioError as e:
             errors.append(str(e))
             log.error("%s", e)
@@ -66,25 +71,35 @@ def utterances_from_files(paths: Iterable[str], errors: list[str]) -> Iterator[U
 
 
 def utterances_from_cuts(cuts_path: str, errors: list[str]) -> Iterator[Utterance]:
-    """Fbank (stored, or computed from the recording) and reference text of each cut."""
-    from lhotse import load_manifest_lazy
+    """Fbank (stored, or computed from the recording) and reference text of each cut.
 
+    The file is read and checked here, before any cut is decoded: a torn, foreign or empty file raises
+    :class:`asr.data.manifests.ManifestError` naming it (and the line). A cut whose audio cannot be
+    loaded is reported in ``errors`` and skipped when the returned iterator reaches it.
+    """
+    from asr.data.manifests import load_cuts
+
+    cuts = load_cuts(cuts_path)
     extractor = make_fbank_extractor()
-    for cut in load_manifest_lazy(cuts_path):
-        try:
-            if cut.has_features:
-                features = torch.from_numpy(cut.load_features())
-            else:
-                cut = cut.resample(SAMPLE_RATE) if cut.sampling_rate != SAMPLE_RATE else cut
-                features = compute_fbank(cut.load_audio()[0], SAMPLE_RATE, extractor)
-        except Exception as e:  # lhotse raises many types for unreadable audio
-            message = f"cut {cut.id}: cannot load audio: {e}"
-            errors.append(message)
-            log.error("%s", message)
-            continue
-        text = " ".join(s.text for s in cut.supervisions if s.text)
-        speaker = next((s.speaker for s in cut.supervisions if s.speaker), None)
-        yield Utterance(id=cut.id, features=features, reference=text, speaker=speaker)
+
+    def utterances() -> Iterator[Utterance]:
+        for cut in cuts:
+            try:
+                if cut.has_features:
+                    features = torch.from_numpy(cut.load_features())
+                else:
+                    cut = cut.resample(SAMPLE_RATE) if cut.sampling_rate != SAMPLE_RATE else cut
+                    features = compute_fbank(cut.load_audio()[0], SAMPLE_RATE, extractor)
+            except Exception as e:  # lhotse raises many types for unreadable audio
+                message = f"cut {cut.id}: cannot load audio: {e}"
+                errors.append(message)
+                log.error("%s", message)
+                continue
+            text = " ".join(s.text for s in cut.supervisions if s.text)
+            speaker = next((s.speaker for s in cut.supervisions if s.speaker), None)
+            yield Utterance(id=cut.id, features=features, reference=text, speaker=speaker)
+
+    return utterances()
 
 
 def batches(utterances: Iterable[Utterance], max_frames: int) -> Iterator[list[Utterance]]:
@@ -129,60 +144,26 @@ def encode(
         return simulate_streaming(encoder, features, feature_lens)
 
 
-@dataclass
-class LmFusion:
-    """Shallow fusion settings for modified beam search (:func:`asr.decoding.modified_beam_search`)."""
-
-    lm: NgramLM
-    scale: float
-    final: bool = True  # add the LM's </s> probability before picking the best hypothesis
-    bonus: float = 0.0  # reward per emitted token
-
-
-@dataclass
-class WordScoring:
-    """Word-level terms of modified beam search: ``penalty`` per hypothesis word not in ``lexicon``, and
-    a word n-gram LM weighted by ``word_lm_scale``."""
-
-    lexicon: Lexicon
-    penalty: float
-    word_lm: NgramLM | None = None
-    word_lm_scale: float = 0.0
-    word_bonus: float = 0.0
-
-
 def search(
     model: AsrModel,
     method: str,
     enc_out: torch.Tensor,
     enc_lens: torch.Tensor,
     beam: int,
-    fusion: LmFusion | None = None,
-    words: WordScoring | None = None,
+    scorers: Sequence[Scorer] = (),
 ) -> list[Hypothesis]:
+    """Run ``method`` (:data:`METHODS`) over encoder output ``(N, T, C)`` with lengths ``(N,)``; ``scorers``
+    are added to modified beam search's ranking."""
     if method in ("greedy", "modified_beam_search") and not model.has_transducer:
         raise ValueError(f"--method {method} needs a transducer head; this model has {model.heads}")
     if method.startswith("ctc") and not model.has_ctc:
         raise ValueError(f"--method {method} needs a CTC head; this model has {model.heads}")
-    if fusion is not None and method != "modified_beam_search":
-        raise ValueError(f"LM fusion is implemented for modified_beam_search only, not {method}")
-    if words is not None and method != "modified_beam_search":
-        raise ValueError(f"the lexicon and word LM are implemented for modified_beam_search only, not {method}")
+    if scorers and method != "modified_beam_search":
+        raise ValueError(f"LM fusion and the lexicon are implemented for modified_beam_search only, not {method}")
     if method == "greedy":
         return greedy_search(model, enc_out, enc_lens)
     if method == "modified_beam_search":
-        options = {}
-        if fusion is not None:
-            options.update(lm=fusion.lm, lm_scale=fusion.scale, lm_final=fusion.final, lm_bonus=fusion.bonus)
-        if words is not None:
-            options.update(
-                lexicon=words.lexicon,
-                oov_penalty=words.penalty,
-                word_lm=words.word_lm,
-                word_lm_scale=words.word_lm_scale,
-                word_bonus=words.word_bonus,
-            )
-        return modified_beam_search(model, enc_out, enc_lens, beam=beam, **options)
+        return modified_beam_search(model, enc_out, enc_lens, beam=beam, scorers=scorers)
     log_probs = model.ctc_log_probs(enc_out)
     if method == "ctc_greedy":
         return ctc_greedy_search(log_probs, enc_lens)
@@ -214,47 +195,29 @@ class DecodeResult:
 
 
 @torch.no_grad()
-def decode(
+def decode_batches(
     model: AsrModel,
-    tokenizer: Tokenizer,
     utterances: Iterable[Utterance],
-    method: str = "greedy",
-    beam: int = 4,
-    chunk_size: int | None = None,
-    left_context_frames: int | None = None,
+    options: DecodingOptions,
+    scorers: Sequence[Scorer] = (),
     max_frames: int = 30000,
-    errors: list[str] | None = None,
-    on_result=None,
-    fusion: LmFusion | None = None,
-    words: WordScoring | None = None,
-) -> DecodeResult:
-    """Decode utterances in batches; ``on_result(id, text)`` is called as each hypothesis is ready.
-    ``fusion`` adds an n-gram LM to modified beam search, ``words`` a penalty on words outside a list and
-    a word LM."""
-    hyps: dict[str, str] = {}
-    refs: dict[str, str] = {}
-    speakers: dict[str, str] = {}
-    audio_seconds = compute_seconds = 0.0
+) -> Iterator[tuple[Utterance, Hypothesis, float]]:
+    """Decode utterances in padded batches of at most ``max_frames`` fbank frames, in their order.
+
+    Yields:
+        each utterance, its hypothesis, and its share of the batch's compute seconds.
+    """
+    device = next(model.parameters()).device
     for batch in batches(utterances, max_frames):
         started = time.perf_counter()
-        device = next(model.parameters()).device
         feature_lens = torch.tensor([u.features.size(0) for u in batch], dtype=torch.int64)
         features = torch.nn.utils.rnn.pad_sequence([u.features for u in batch], batch_first=True, padding_value=LOG_EPS)
         features, feature_lens = features.to(device), feature_lens.to(device)
-        enc_out, enc_lens = encode(model, features, feature_lens, chunk_size, left_context_frames)
-        results = search(model, method, enc_out, enc_lens, beam, fusion, words)
-        compute_seconds += time.perf_counter() - started
-        audio_seconds += float(feature_lens.sum()) * FRAME_SHIFT
-        for utt, hyp in zip(batch, results):
-            text = tokenizer.decode(hyp.tokens)
-            hyps[utt.id] = text
-            if utt.reference is not None:
-                refs[utt.id] = utt.reference
-            if utt.speaker is not None:
-                speakers[utt.id] = utt.speaker
-            if on_result is not None:
-                on_result(utt.id, text)
-    return DecodeResult(hyps, refs, errors if errors is not None else [], audio_seconds, compute_seconds, speakers)
+        enc_out, enc_lens = encode(model, features, feature_lens, options.chunk_size, options.left_context_frames)
+        hyps = search(model, options.method, enc_out, enc_lens, options.beam, scorers)
+        seconds = (time.perf_counter() - started) / len(batch)
+        for utt, hyp in zip(batch, hyps):
+            yield utt, hyp, seconds
 
 
 def transcribe(
@@ -266,7 +229,7 @@ def transcribe(
     chunk_size: int | None = None,
     left_context_frames: int | None = None,
 ) -> str:
-    """The text of one utterance.
+    """The text of one utterance (:meth:`asr.Recognizer.transcribe` gives tokens and times too).
 
     Args:
         model: from :func:`asr.load_model` (its ``tokenizer`` turns tokens into text).
@@ -275,14 +238,7 @@ def transcribe(
         method, beam: the search (:data:`METHODS`).
         chunk_size, left_context_frames: decode a causal model chunk by chunk, in the encoder's frames.
     """
-    if getattr(model, "tokenizer", None) is None:
-        raise ValueError("the model has no tokenizer: load it with asr.load_model(path, lang_dir=...)")
-    if isinstance(audio, (str, Path)):
-        samples = load_audio(audio, SAMPLE_RATE)
-    else:
-        if sample_rate is None:
-            raise ValueError("samples need their sample_rate")
-        samples = resample(np.asarray(audio, dtype=np.float32).reshape(-1), sample_rate, SAMPLE_RATE)
-    utterance = Utterance(id="utterance", features=compute_fbank(samples, SAMPLE_RATE))
-    result = decode(model, model.tokenizer, [utterance], method, beam, chunk_size, left_context_frames)
-    return result.hypotheses[utterance.id]
+    from asr.inference.recognizer import Recognizer
+
+    options = DecodingOptions(method, beam, chunk_size, left_context_frames)
+    return Recognizer(model, options).transcribe(audio, sample_rate).text

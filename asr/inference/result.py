@@ -1,0 +1,83 @@
+"""What recognition returns: text, tokens, and token and word times in seconds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from asr.data.tokenizer import CharTokenizer, Tokenizer
+from asr.decoding import Hypothesis
+
+WORD_START = "\u2581"  # SentencePiece's word-start marker
+
+
+@dataclass
+class WordTiming:
+    """One word of a result: its text and its span in seconds from the start of the audio."""
+
+    word: str
+    start: float
+    end: float
+
+
+@dataclass
+class Result:
+    """One recognised utterance (or, when streaming, the text so far).
+
+    Attributes:
+        text: the transcript.
+        tokens: the token pieces (``▁`` marks a word start in BPE pieces).
+        token_ids: their ids.
+        timestamps: each token's emission time in seconds (the start of the encoder frame it was emitted at).
+        words: per word, its start (its first token's time) and end (the next word's start, or the last
+            token's frame end for the last word).
+        segment: with streaming endpointing, the index of this segment in the stream.
+        start_time: seconds from the start of the stream to the start of this segment's audio.
+    """
+
+    text: str = ""
+    tokens: list[str] = field(default_factory=list)
+    token_ids: list[int] = field(default_factory=list)
+    timestamps: list[float] = field(default_factory=list)
+    words: list[WordTiming] = field(default_factory=list)
+    segment: int = 0
+    start_time: float = 0.0
+
+
+def make_result(
+    hyp: Hypothesis,
+    tokenizer: Tokenizer,
+    frame_seconds: float,
+    time_offset: float = 0.0,
+    segment: int = 0,
+) -> Result:
+    """A :class:`Result` of a search's hypothesis.
+
+    Args:
+        hyp: tokens and their encoder-frame timestamps.
+        tokenizer: the model's tokenizer.
+        frame_seconds: the duration of one encoder output frame.
+        time_offset: seconds added to every time (the segment's start within a stream).
+        segment: the segment index.
+    """
+    pieces = [tokenizer.id_to_token(t) for t in hyp.tokens]
+    times = [round(time_offset + t * frame_seconds, 3) for t in hyp.timestamps]
+    chars = isinstance(tokenizer, CharTokenizer)
+    words: list[WordTiming] = []
+    for piece, time in zip(pieces, times):
+        if chars or piece.startswith(WORD_START) or not words:
+            text = piece if chars else piece.removeprefix(WORD_START)
+            if words:
+                words[-1].end = time
+            if not text:  # a bare "▁" piece: the next piece holds the word
+                words.append(WordTiming("", time, time))
+                continue
+            if words and not words[-1].word:
+                words[-1].word = text
+            else:
+                words.append(WordTiming(text, time, time))
+        else:
+            words[-1].word += piece
+    if words:
+        words[-1].end = round(times[-1] + frame_seconds, 3)
+    words = [w for w in words if w.word]
+    return Result(tokenizer.decode(hyp.tokens), pieces, list(hyp.tokens), times, words, segment, time_offset)
