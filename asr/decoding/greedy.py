@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 import torch
@@ -55,19 +56,46 @@ def greedy_search(
     Returns:
         one :class:`Hypothesis` per utterance; ``score`` is the log-probability of the path taken.
     """
+    hyps = [Hypothesis() for _ in range(enc_out.size(0))]
+    greedy_advance(model, hyps, enc_out, enc_lens, max_sym_per_frame=max_sym_per_frame)
+    return hyps
+
+
+@torch.no_grad()
+def greedy_advance(
+    model: TransducerModel,
+    hyps: list[Hypothesis],
+    enc_out: torch.Tensor,
+    enc_lens: torch.Tensor,
+    frame_offsets: Sequence[int] | None = None,
+    max_sym_per_frame: int = 1,
+) -> None:
+    """Continue greedy search (:func:`greedy_search`) of ``hyps`` over their utterances' next frames, in place.
+
+    Args:
+        hyps: one per utterance: empty, or from an earlier call (their tokens are the decoder's context).
+        enc_out: ``(N, T, C)`` the next encoder frames; enc_lens: ``(N,)`` how many are valid.
+        frame_offsets: per utterance, the index of its first frame here in the whole utterance (the
+            timestamps); 0 for all when omitted.
+    """
     if max_sym_per_frame < 1:
         raise ValueError(f"max_sym_per_frame must be >= 1, got {max_sym_per_frame}")
     lens = check_encoder_output(enc_out, enc_lens)
+    if len(hyps) != len(lens):
+        raise ValueError(f"{len(hyps)} hypotheses for {len(lens)} utterances")
+    offsets = torch.as_tensor(list(frame_offsets) if frame_offsets is not None else [0] * len(lens))
     decoder, joiner = model.decoder, model.joiner
-    blank = decoder.blank_id
+    blank, context_size = decoder.blank_id, decoder.context_size
     batch_size, device = enc_out.size(0), enc_out.device
 
     enc_proj = joiner.encoder_proj(enc_out)  # (N, T, J)
-    context = start_context(batch_size, decoder.context_size, blank, device)
+    context = start_context(batch_size, context_size, blank, device)
+    for row, hyp in enumerate(hyps):
+        previous = hyp.tokens[-context_size:]
+        if previous:
+            context[row, context_size - len(previous) :] = torch.tensor(previous)
     dec_proj = joiner.decoder_proj(decoder(context, need_pad=False)).squeeze(1)  # (N, J)
-    scores = torch.zeros(batch_size, dtype=torch.float64, device=device)
-    tokens: list[list[int]] = [[] for _ in range(batch_size)]
-    timestamps: list[list[int]] = [[] for _ in range(batch_size)]
+    scores = torch.tensor([hyp.score for hyp in hyps], dtype=torch.float64, device=device)
     lens_tensor = torch.as_tensor(lens, device=device)
 
     for t in range(max(lens, default=0)):
@@ -81,12 +109,12 @@ def greedy_search(
             if rows.numel() == 0:
                 break
             for row, token in zip(rows.tolist(), new_tokens.tolist()):
-                tokens[row].append(token)
-                timestamps[row].append(t)
+                hyps[row].tokens.append(token)
+                hyps[row].timestamps.append(int(offsets[row]) + t)
             context[rows] = torch.cat([context[rows, 1:], new_tokens.unsqueeze(1)], dim=1)
             dec_proj[rows] = joiner.decoder_proj(decoder(context[rows], need_pad=False)).squeeze(1)
-
-    return [Hypothesis(tokens[i], timestamps[i], float(scores[i])) for i in range(batch_size)]
+    for hyp, score in zip(hyps, scores.tolist()):
+        hyp.score = score
 
 
 @torch.no_grad()

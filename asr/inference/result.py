@@ -62,22 +62,18 @@ def make_result(
     pieces = [tokenizer.id_to_token(t) for t in hyp.tokens]
     times = [round(time_offset + t * frame_seconds, 3) for t in hyp.timestamps]
     chars = isinstance(tokenizer, CharTokenizer)
-    words: list[WordTiming] = []
-    for piece, time in zip(pieces, times):
-        if chars or piece.startswith(WORD_START) or not words:
-            text = piece if chars else piece.removeprefix(WORD_START)
-            if words:
-                words[-1].end = time
-            if not text:  # a bare "▁" piece: the next piece holds the word
-                words.append(WordTiming("", time, time))
-                continue
-            if words and not words[-1].word:
-                words[-1].word = text
-            else:
-                words.append(WordTiming(text, time, time))
+    # Token positions of each word: a character table makes every token a word; BPE starts one at "▁".
+    groups: list[list[int]] = []
+    for k, piece in enumerate(pieces):
+        if chars or piece.startswith(WORD_START) or not groups:
+            groups.append([k])
         else:
-            words[-1].word += piece
-    if words:
-        words[-1].end = round(times[-1] + frame_seconds, 3)
-    words = [w for w in words if w.word]
+            groups[-1].append(k)
+    words: list[WordTiming] = []
+    for g, group in enumerate(groups):
+        text = tokenizer.decode([hyp.tokens[k] for k in group]).strip()
+        if not text:  # a bare "▁" piece
+            continue
+        end = times[groups[g + 1][0]] if g + 1 < len(groups) else round(times[group[-1]] + frame_seconds, 3)
+        words.append(WordTiming(text, times[group[0]], end))
     return Result(tokenizer.decode(hyp.tokens), pieces, list(hyp.tokens), times, words, segment, time_offset)
