@@ -8,6 +8,9 @@ on the encoder too would make it chaotic: float rounding of a different batch sh
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +46,7 @@ TINY_ZIPFORMER = dict(
     embed_channels=(4, 8, 16),
 )
 TINY_CONFORMER = dict(encoder_dim=32, num_layers=2, num_heads=4, feedforward_dim=64, kernel_size=7)
+REPO = Path(__file__).resolve().parents[1]
 # family -> (encoder kwargs, chunk, left context), in the family's frames (20 ms; 40 ms)
 FAMILIES = {
     "zipformer-xs": (TINY_ZIPFORMER, 16, 64),
@@ -357,3 +361,38 @@ def test_long_audio_is_decoded_in_segments_joined_at_their_middles(models, audio
         ]
     assert joined.token_ids == expected
     assert len(expected) > 100 and joined.token_ids != whole.token_ids  # the segments matter
+
+
+# -- the examples ------------------------------------------------------------------------------------------------
+def test_the_examples_run_as_documented(models, audio, tmp_path):
+    model = models["zipformer-xs"]
+    lang = Path(model.tokenizer.source).parent
+    path = save_model(tmp_path / "m.pt", model, extra={"tokenizer": {"bpe.model": (lang / "bpe.model").read_bytes()}})
+    clip = next(iter(audio.values()))
+    wav = tmp_path / "clip.wav"
+    soundfile.write(wav, clip, 16000, subtype="FLOAT")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    streamed = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "stream_file.py"), "--checkpoint", str(path), str(wav)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    ).stdout.splitlines()
+    rec = OnlineRecognizer(model, DecodingOptions(), EndpointConfig())
+    stream = rec.create_stream()
+    stream.accept_waveform(16000, clip)
+    stream.input_finished()
+    rec.decode_to_end([stream])
+    assert streamed[-1] == f"segment 0: {rec.get_result(stream).text}"
+    assert any(line.startswith("partial: ") for line in streamed)
+    offline = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "transcribe_file.py"), "--checkpoint", str(path), str(wav)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    ).stdout.splitlines()
+    expected = Recognizer(model, DecodingOptions(method="modified_beam_search")).transcribe(wav)
+    assert offline[0] == f"{wav}: {expected.text}"
+    assert len(offline) == 1 + len(expected.words)
