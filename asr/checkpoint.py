@@ -9,16 +9,21 @@ Two kinds, told apart by their ``"format"`` key, both plain ``torch.save`` dicts
   config), ``state_dict`` and ``extra`` (plain data; ``extra["tokenizer"]`` holds the tokenizer files).
 
 :func:`load_model` reads either (a directory means its newest checkpoint) and returns the model in eval
-mode with its tokenizer. Every write is atomic: a temporary file in the same directory, flushed to disk,
-then renamed over the target, so a process killed mid-write leaves the old file or the new one.
+mode with its tokenizer; a file that cannot be one (torn, a text file, a TorchScript archive) raises
+:class:`CheckpointError` naming it, and a directory whose newest checkpoint is torn falls back to the
+newest intact one with a warning naming the skipped file. Every write is atomic: a temporary file in the
+same directory, flushed to disk, then renamed over the target, so a process killed mid-write leaves the
+old file or the new one.
 """
 
 from __future__ import annotations
 
+import codecs
 import logging
 import os
 import re
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +37,7 @@ VERSION = 1
 TOKENIZER_FILES = ("bpe.model", "tokens.txt")
 
 __all__ = [
+    "CheckpointError",
     "MODEL_FORMAT",
     "TRAIN_FORMAT",
     "average_checkpoints",
@@ -44,13 +50,25 @@ __all__ = [
     "load",
     "load_model",
     "newest_checkpoint",
+    "newest_readable_checkpoint",
+    "open_checkpoint",
     "read_checkpoint",
     "remove_old_batch_checkpoints",
+    "remove_old_epoch_checkpoints",
     "resolve",
     "save_atomic",
     "save_model",
     "tokenizer_files",
 ]
+
+
+class CheckpointError(ValueError):
+    """A file that is not a usable checkpoint; the message names it and says what it is instead."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        """The message is ``"PATH: reason"``, or ``reason`` itself where it already starts with the path."""
+        super().__init__(reason if reason.startswith(str(path)) else f"{path}: {reason}")
+        self.path = Path(path)
 
 
 # ---- files -------------------------------------------------------------------------------------------
@@ -71,15 +89,54 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
     return path
 
 
-def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """The dict stored in ``path``; a clear error names a missing or unreadable file."""
+def load(path: str | os.PathLike, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict:
+    """The object stored in ``path`` by ``torch.save``.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        CheckpointError: ``path`` is empty, torn, a text file, a TorchScript archive or otherwise not
+            a ``torch.save`` file.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    _check_torch_file(path)
     try:
-        return torch.load(path, map_location=map_location, weights_only=False)
+        return torch.load(path, map_location=map_location, weights_only=False, mmap=mmap)
     except Exception as e:  # torch raises several types for a torn or foreign file
-        raise ValueError(f"cannot read checkpoint {path}: {e}") from e
+        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise CheckpointError(
+            path, f"not a readable checkpoint (torn, or not written by torch.save): {first_line}"
+        ) from e
+
+
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def _check_torch_file(path: Path) -> None:
+    """Tell the common wrong files apart before torch.load, whose errors for them are cryptic."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if not head:
+        raise CheckpointError(path, "empty file (0 bytes)")
+    if head.startswith(_ZIP_MAGIC):
+        if not zipfile.is_zipfile(path):
+            raise CheckpointError(path, "truncated or corrupt checkpoint (its zip archive has no end record)")
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+        # torch.jit.save archives carry the model's code and constants; torch.save archives do not.
+        if any(name.endswith("/constants.pkl") or "/code/" in name for name in names):
+            raise CheckpointError(
+                path, "a TorchScript archive (torch.jit.save), not a checkpoint of asr train, asr average or save_model"
+            )
+        return
+    try:
+        # Incremental, so that a character cut at the 512th byte is not mistaken for binary.
+        text = codecs.getincrementaldecoder("utf-8")().decode(head)
+    except UnicodeDecodeError:
+        return  # binary: perhaps a checkpoint in torch's legacy format; torch.load decides
+    if all(c.isprintable() or c.isspace() for c in text):
+        raise CheckpointError(path, "a text file, not a checkpoint")
 
 
 def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -87,9 +144,11 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     checkpoint = load(path, map_location)
     kind = checkpoint.get("format") if isinstance(checkpoint, dict) else None
     if kind not in (TRAIN_FORMAT, MODEL_FORMAT):
-        raise ValueError(f"{path} is not an asr model checkpoint (no format={MODEL_FORMAT!r} or {TRAIN_FORMAT!r})")
+        raise CheckpointError(
+            path, f"{path} is not an asr model checkpoint (no format={MODEL_FORMAT!r} or {TRAIN_FORMAT!r})"
+        )
     if checkpoint.get("version", VERSION) != VERSION:
-        raise ValueError(f"{path}: checkpoint version {checkpoint.get('version')} is not supported")
+        raise CheckpointError(path, f"checkpoint version {checkpoint.get('version')} is not supported")
     return checkpoint
 
 
@@ -115,7 +174,10 @@ def newest_checkpoint(exp_dir: str | Path) -> Path | None:
 
     A batch checkpoint's name gives its batch; only the last epoch checkpoint is opened to read its own.
     """
-    batches, epochs = batch_checkpoints(exp_dir), epoch_checkpoints(exp_dir)
+    return _newest_of(batch_checkpoints(exp_dir), epoch_checkpoints(exp_dir))
+
+
+def _newest_of(batches: list[Path], epochs: list[Path]) -> Path | None:
     if not epochs:
         return batches[-1] if batches else None
     if not batches:
@@ -131,10 +193,43 @@ def checkpoint_batch(path: str | Path) -> int:
     match = _BATCH_CKPT.match(path.name)
     if match:
         return int(match.group(1))
+    checkpoint = load(path, mmap=True)
     try:
-        return int(torch.load(path, map_location="cpu", weights_only=False, mmap=True)["state"]["batch_idx_train"])
-    except Exception as e:
-        raise ValueError(f"cannot read the batch count of checkpoint {path}: {e}") from e
+        return int(checkpoint["state"]["batch_idx_train"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(path, f"holds no batch count of a training run ({type(e).__name__}: {e})") from e
+
+
+def newest_readable_checkpoint(exp_dir: str | Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint of ``exp_dir`` (see :func:`newest_checkpoint`) that reads as an asr
+    checkpoint, and its dict; None when the directory holds no checkpoint file.
+
+    A torn newer file (a copy cut short, a full disk) is skipped with a warning naming it, and the next
+    newest is tried. Raises :class:`CheckpointError` when every checkpoint file is unreadable.
+    """
+    batches, epochs = batch_checkpoints(exp_dir), epoch_checkpoints(exp_dir)
+    skipped: list[Path] = []
+    while batches or epochs:
+        try:
+            path = _newest_of(batches, epochs)
+            checkpoint = read_checkpoint(path)
+        except CheckpointError as error:
+            log.warning("skipping %s", error)
+            skipped.append(error.path)
+            batches = [p for p in batches if p != error.path]
+            epochs = [p for p in epochs if p != error.path]
+            continue
+        if skipped:
+            log.warning(
+                "using %s, the newest intact checkpoint in %s (skipped %s)",
+                path.name,
+                exp_dir,
+                ", ".join(p.name for p in skipped),
+            )
+        return path, checkpoint
+    if skipped:
+        raise CheckpointError(exp_dir, f"none of its {len(skipped)} checkpoint files is readable")
+    return None
 
 
 def checkpoint_near_batch(exp_dir: str | Path, target: int, before: int) -> Path | None:
@@ -149,6 +244,24 @@ def checkpoint_near_batch(exp_dir: str | Path, target: int, before: int) -> Path
 
 def remove_old_batch_checkpoints(exp_dir: str | Path, keep_last: int) -> None:
     for path in batch_checkpoints(exp_dir)[:-keep_last] if keep_last > 0 else []:
+        path.unlink(missing_ok=True)
+
+
+def open_checkpoint(path: str | Path) -> tuple[Path, dict[str, Any]]:
+    """(the file, its dict) of a checkpoint file or of an experiment directory's newest readable one."""
+    path = Path(path)
+    if path.is_dir():
+        found = newest_readable_checkpoint(path)
+        if found is None:
+            raise FileNotFoundError(f"no checkpoint-*.pt or epoch-*.pt in {path}")
+        log.info("using %s", found[0])
+        return found
+    return path, read_checkpoint(path)
+
+
+def remove_old_epoch_checkpoints(exp_dir: str | Path, keep_last: int) -> None:
+    """Delete all but the newest ``keep_last`` ``epoch-<n>.pt`` of ``exp_dir``; 0 (or less) keeps them all."""
+    for path in epoch_checkpoints(exp_dir)[:-keep_last] if keep_last > 0 else []:
         path.unlink(missing_ok=True)
 
 
@@ -294,8 +407,7 @@ def load_model(
 
     if average_from is not None and average_batches is not None:
         raise ValueError("give --average-from or --average-batches, not both")
-    path = resolve(path)
-    checkpoint = read_checkpoint(path)
+    path, checkpoint = open_checkpoint(path)
     config, state_dict, stored_tokenizer = model_weights(checkpoint)
     if average_from is not None or average_batches is not None:
         if checkpoint["format"] != TRAIN_FORMAT:

@@ -14,6 +14,7 @@ error rate of each speaker is listed too, worst first, with its share of all err
 
 from __future__ import annotations
 
+import codecs
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -230,13 +231,24 @@ def write_error_stats(path_or_file: str | Path | TextIO, result: WerResult, top:
 
 def read_text_file(path: str | Path) -> dict[str, str]:
     """Read ``<id>\\t<text>`` / ``<id> <text>`` lines into ``id -> text``. Blank lines are skipped; an
-    id alone means an empty text; a repeated id is an error naming the file and line."""
+    id alone means an empty text; a repeated id is an error naming the file and line. The file is UTF-8;
+    a leading byte-order mark (Windows editors write one) is dropped, and a line that is not UTF-8 is an
+    error naming the file, line and byte."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")
     texts: dict[str, str] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            if lineno == 1:
+                raw = raw.removeprefix(codecs.BOM_UTF8)
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise ValueError(
+                    f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[error.start]:02x} at byte {error.start + 1} "
+                    "of the line); convert the file to UTF-8"
+                ) from None
             fields = line.strip().split(maxsplit=1)
             if not fields:
                 continue

@@ -331,7 +331,9 @@ def test_lm_scale_zero_is_plain_search_and_batching_is_per_utterance(fusion_setu
     assert [(h.tokens, h.timestamps, h.score) for h in plain] == [(h.tokens, h.timestamps, h.score) for h in zero]
     fused = modified_beam_search(model, enc_out, enc_lens, beam=4, scorers=[TokenLmScorer(lm, 1.0)])
     alone = [
-        modified_beam_search(model, enc_out[i : i + 1, :n], torch.tensor([n]), beam=4, scorers=[TokenLmScorer(lm, 1.0)])[0]
+        modified_beam_search(
+            model, enc_out[i : i + 1, :n], torch.tensor([n]), beam=4, scorers=[TokenLmScorer(lm, 1.0)]
+        )[0]
         for i, n in enumerate(enc_lens.tolist())
     ]
     assert [h.tokens for h in fused] == [h.tokens for h in alone]

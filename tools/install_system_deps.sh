@@ -5,9 +5,12 @@ set -euo pipefail
 
 # festvox-*: festival's kal, ked and cmu_us_slt_arctic_hts voices; fortunes-zh: the Mandarin
 # sentences of `asr data synth --language cmn` (asr/data/synth.py); wamerican-large: the word list of
-# the synth recipe's decoding lexicon (--oov-penalty).
+# the synth recipe's decoding lexicon (--oov-penalty); ffmpeg: the Opus and G.722 codecs of
+# `asr data synth --augment` (asr/data/acoustics.py) and decoding the real-speech set;
+# asterisk-core-sounds-en(-g722), pocketsphinx-testdata: real speech, for evaluation only (asr/data/real_speech.py).
 packages=(espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts
-          sox libsox-fmt-all fortunes fortunes-min wordnet-base fortunes-zh wamerican-large)
+          sox libsox-fmt-all fortunes fortunes-min wordnet-base fortunes-zh wamerican-large
+          ffmpeg asterisk-core-sounds-en asterisk-core-sounds-en-g722 pocketsphinx-testdata)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str] | dict[str, tuple[str, str]]] = {
         "train": ("asr.cli.lm:train", "train a token (or word) n-gram LM, written as ARPA"),
     },
     "wer": ("asr.cli.wer:main", "word error rate of hypotheses against references"),
+    "export": {"onnx": ("asr.cli.export:onnx", "write a Zipformer model as ONNX files that sherpa-onnx runs")},
 }
 
 
@@ -67,5 +68,18 @@ def _dispatch(prog: str, table: dict, argv: list[str]) -> int:
     return int(resolve(entry)(rest) or 0)
 
 
+# The shell's convention for a process ended by SIGINT (128 + 2), so scripts see the interruption.
+INTERRUPTED_STATUS = 130
+
+
 def main(argv: list[str] | None = None) -> int:
-    return _dispatch("asr", COMMANDS, sys.argv[1:] if argv is None else list(argv))
+    """Run the command ``argv`` names. Ctrl-C ends any command with one line on stderr and status 130:
+    what the commands write is written atomically (or skipped on a rerun when complete), so a rerun
+    resumes."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        return _dispatch("asr", COMMANDS, argv)
+    except KeyboardInterrupt:
+        command = " ".join(argv[:2] if argv and isinstance(COMMANDS.get(argv[0]), dict) else argv[:1])
+        print(f"asr {command}: interrupted; rerun to resume", file=sys.stderr, flush=True)
+        return INTERRUPTED_STATUS

@@ -14,7 +14,8 @@ log = logging.getLogger("asr.data")
 
 
 def synth(argv: list[str] | None = None) -> int:
-    from asr.data.synth import ENGINES, FESTIVAL_BATCH, LANGUAGES, EngineMissingError, synthesize_corpus
+    from asr.data.acoustics import CODEC_KBPS, KINDS, AugmentConfig
+    from asr.data.synth import ENGINES, FESTIVAL_BATCH, LANGUAGES, SPLITS, EngineMissingError, synthesize_corpus
 
     parser = make_parser(
         "data synth", "Build the offline TTS speech corpus: 16 kHz wavs and lhotse train/dev/test manifests."
@@ -37,7 +38,36 @@ def synth(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--festival-batch", type=int, default=FESTIVAL_BATCH, help="utterances per festival process")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--augment",
+        default=None,
+        help=f"acoustic augmentation: comma-separated kinds of {','.join(KINDS)}, or 'all' (default: none, clean"
+        " audio); each kind is drawn per utterance with its probability (asr.data.acoustics.AugmentConfig) and"
+        " the supervisions record every transform applied",
+    )
+    parser.add_argument(
+        "--augment-splits", default="train", help=f"comma-separated splits of {','.join(SPLITS)} to augment"
+    )
+    parser.add_argument(
+        "--augment-codecs",
+        default=",".join(CODEC_KBPS),
+        help="comma-separated codecs the codec kind draws from (opus and g722 need ffmpeg)",
+    )
     args = parse(parser, argv)
+
+    def comma_list(option: str, value: str, choices: tuple[str, ...]) -> tuple[str, ...]:
+        items = tuple(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
+        unknown = [v for v in items if v not in choices]
+        if unknown or not items:
+            parser.error(f"{option}: unknown {unknown or 'empty list'}; choose from {','.join(choices)}")
+        return items
+
+    augment = None
+    if args.augment is not None:
+        kinds = KINDS if args.augment.strip() == "all" else comma_list("--augment", args.augment, KINDS)
+        codecs = comma_list("--augment-codecs", args.augment_codecs, tuple(CODEC_KBPS))
+        augment = AugmentConfig(kinds=kinds, codecs=codecs)
+    augment_splits = comma_list("--augment-splits", args.augment_splits, SPLITS)
 
     lang = LANGUAGES[args.language]
     engines = None
@@ -59,6 +89,8 @@ def synth(argv: list[str] | None = None) -> int:
             festival_batch=args.festival_batch,
             progress=not args.no_progress,
             language=args.language,
+            augment=augment,
+            augment_splits=augment_splits,
         )
     except (EngineMissingError, ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"asr data synth: error: {e}", file=sys.stderr)
@@ -160,17 +192,18 @@ def fbank(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the 'one-of' speed draw")
     args = parse(parser, argv)
     import torch
-    from lhotse import CutSet
 
     from asr.data.features import compute_and_store_fbank, default_storage_dir
+    from asr.data.manifests import ManifestError, load_cuts, save_manifest
 
     if not args.cuts.is_file():
         parser.error(f"--cuts {args.cuts}: no such file")
     # Feature extraction is one small matrix product per frame; many threads per process only contend.
     torch.set_num_threads(1)
-    cuts = CutSet.from_file(args.cuts)
-    if len(cuts) == 0:
-        parser.error(f"--cuts {args.cuts}: the CutSet is empty")
+    try:
+        cuts = load_cuts(args.cuts)
+    except ManifestError as error:
+        parser.error(f"--cuts {error}")
     storage_dir = args.storage_dir if args.storage_dir is not None else default_storage_dir(args.out)
     storage_dir.mkdir(parents=True, exist_ok=True)
     with_feats = compute_and_store_fbank(
@@ -183,8 +216,7 @@ def fbank(argv: list[str] | None = None) -> int:
     if len(with_feats) == 0:
         log.error("no cut of %s could be read; nothing written", args.cuts)
         return 1
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with_feats.to_file(args.out)
+    save_manifest(with_feats, args.out)  # whole or not at all: an interrupted run leaves no torn manifest
     hours = sum(c.duration for c in with_feats) / 3600
     log.info("wrote %s: %d cuts, %.2f h of features in %s", args.out, len(with_feats), hours, storage_dir)
     return 0

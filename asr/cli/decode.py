@@ -9,6 +9,8 @@ Where the cuts name speakers, ``OUT/utt2spk`` and ``OUT/wer_by_speaker.txt`` (ea
 share of the errors, worst first) are written too. ``--chunk-size`` runs a causal model chunk by chunk
 through its streaming forward. Modified beam search takes a token n-gram LM (``--lm``, shallow fusion) and
 a word list (``--lexicon``: a penalty per hypothesis word not in it, see :mod:`asr.decoding.lexicon`).
+A model with an attention decoder decodes with ``attention_beam_search`` (joint with CTC by ``--ctc-weight``)
+or ``attention_rescoring`` of the transducer's n-best list.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from asr.inference.options import (
     DEFAULT_WORD_BONUS,
     DEFAULT_WORD_LM_SCALE,
     METHODS,
+    SCORER_METHODS,
 )
 
 log = logging.getLogger("asr.decode")
@@ -135,6 +138,19 @@ def build_parser():
         help="with --word-lm: reward per word, against the deletions the word LM causes "
         "(default: tried on the synth dev set)",
     )
+    parser.add_argument(
+        "--ctc-weight",
+        type=float,
+        default=0.0,
+        help="attention methods with a CTC head: weight of the CTC score (joint CTC/attention beam search; "
+        "the CTC term of attention rescoring)",
+    )
+    parser.add_argument(
+        "--first-pass-weight",
+        type=float,
+        default=1.0,
+        help="attention_rescoring: weight of the transducer score of the n-best (--beam) hypotheses",
+    )
     parser.add_argument("--max-frames", type=int, default=30000, help="fbank frames (10 ms) per padded batch")
     parser.add_argument("--num-threads", type=int, default=None, help="CPU threads (default: torch's)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, or auto (the GPU when there is one)")
@@ -144,10 +160,11 @@ def build_parser():
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parse(parser, argv)
-    if args.lm is not None and args.method != "modified_beam_search":
-        parser.error(f"--lm needs --method modified_beam_search (got {args.method})")
-    if args.lexicon is not None and args.method != "modified_beam_search":
-        parser.error(f"--lexicon needs --method modified_beam_search (got {args.method})")
+    beam_methods = " or ".join(SCORER_METHODS)
+    if args.lm is not None and args.method not in SCORER_METHODS:
+        parser.error(f"--lm needs --method {beam_methods} (got {args.method})")
+    if args.lexicon is not None and args.method not in SCORER_METHODS:
+        parser.error(f"--lexicon needs --method {beam_methods} (got {args.method})")
     if args.word_lm is not None and args.lexicon is None:
         parser.error("--word-lm needs --lexicon (it tells where words end; --oov-penalty 0 for no penalty)")
     if not args.cuts and not args.audio:
@@ -173,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
             word_lm=args.word_lm,
             word_lm_scale=args.word_lm_scale,
             word_bonus=args.word_bonus,
+            ctc_weight=args.ctc_weight,
+            first_pass_weight=args.first_pass_weight,
         )
     except ValueError as error:  # "beam must be ..." -> "--beam must be ..."
         option, _, message = str(error).partition(" ")
@@ -201,8 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = model.tokenizer
     try:
         recognizer = Recognizer(model, options, max_frames=args.max_frames)
-    except ValueError as error:  # options that do not fit this model, or files that do not fit its tokens
-        parser.error(f"{args.checkpoint}: {error}")
+    except ValueError as error:  # options that do not fit this model, or LM/lexicon files that cannot be read
+        parser.error(str(error))
     if args.lexicon is not None:
         log.info("lexicon: %s, penalty %g per unknown word", ", ".join(args.lexicon), args.oov_penalty)
     errors: list[str] = []

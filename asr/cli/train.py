@@ -14,12 +14,13 @@ import typing
 from typing import Any
 
 from asr.cli.common import make_parser, parse
+from asr.models import HEADS
 from asr.training.presets import PRESETS
-from asr.training.trainer import TrainConfig
+from asr.training.trainer import TrainConfig, TrainState
 
 REQUIRED = ("exp_dir", "train_cuts", "lang_dir")
 
-DESCRIPTION = """Train a model (ScaledAdam + Eden, pruned RNN-T and/or CTC).
+DESCRIPTION = """Train a model (ScaledAdam + Eden; pruned RNN-T, CTC and/or attention-decoder heads).
 
 A --preset gives starting values; the options given override them, and the defaults shown apply to
 what neither sets. --print-config prints the resolved config as JSON and exits. A run resumes from
@@ -56,8 +57,11 @@ HELP = {
     "am_scale": "smoothing of the simple RNN-T loss by the audio-only part",
     "simple_loss_scale": "weight of the simple RNN-T loss after warm-up",
     "ctc_loss_scale": "weight of the CTC loss",
+    "aed_loss_scale": "weight of the attention-decoder loss (icefall: 0.8 beside the transducer; without it "
+    "CTC 0.1 and AED 0.9)",
     "save_every_n": "batches between checkpoints",
     "keep_last_k": "batch checkpoints kept",
+    "keep_last_epochs": "epoch checkpoints kept, the newest (0: all)",
     "average_period": "batches between updates of the running model average",
     "log_interval": "batches between progress and tensorboard updates",
     "num_workers": "data-loader worker processes",
@@ -88,13 +92,35 @@ def build_parser() -> argparse.ArgumentParser:
         if f.name in ("model_kwargs", "encoder_kwargs"):
             options.add_argument(_flag(f.name), type=json.loads, default=None, help=HELP[f.name])
         elif f.name == "heads":
-            options.add_argument("--heads", nargs="+", choices=("transducer", "ctc"), default=None, help=text)
+            options.add_argument("--heads", nargs="+", choices=HEADS, default=None, help=text)
         elif types[f.name] is bool:
             options.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
             kind = next((t for t in (int, float) if types[f.name] in (t, t | None)), str)
             options.add_argument(_flag(f.name), type=kind, default=None, help=text)
+    # Shorthands that write into --model-kwargs / --encoder-kwargs (see RELAX_OPTIONS).
+    options.add_argument(
+        "--relax-cross",
+        type=float,
+        default=None,
+        metavar="GAMMA",
+        help="relaxed cross-attention of the attention decoder, training only (model_kwargs relax_cross)",
+    )
+    options.add_argument(
+        "--relax-self",
+        type=float,
+        default=None,
+        metavar="GAMMA",
+        help="relaxed self-attention in the encoder, training only (encoder_kwargs relaxed_attention_gamma)",
+    )
     return parser
+
+
+# option -> (TrainConfig dict field, key in it)
+RELAX_OPTIONS = {
+    "relax_cross": ("model_kwargs", "relax_cross"),
+    "relax_self": ("encoder_kwargs", "relaxed_attention_gamma"),
+}
 
 
 def resolve_config(args: argparse.Namespace, require_paths: bool = True) -> TrainConfig:
@@ -105,6 +131,13 @@ def resolve_config(args: argparse.Namespace, require_paths: bool = True) -> Trai
         given = getattr(args, f.name)
         if given is not None:
             values[f.name] = given
+    for option, (field_name, key) in RELAX_OPTIONS.items():
+        gamma = getattr(args, option, None)
+        if gamma is None:
+            continue
+        if not 0.0 <= gamma < 1.0:
+            raise SystemExit(f"asr train: {_flag(option)} must be in [0, 1), got {gamma}")
+        values[field_name] = {**values.get(field_name, {}), key: gamma}
     missing = [name for name in REQUIRED if name not in values]
     if missing and require_paths:
         raise SystemExit(f"asr train: missing required options: {' '.join(map(_flag, missing))}")
@@ -126,10 +159,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"asr train: {e}", file=sys.stderr)
         return 1
     if state.epoch <= config.num_epochs:  # the time budget ran out first
-        print(
-            f"stopped in epoch {state.epoch} (time budget), {state.batch_idx_train} batches, "
-            f"{state.skipped_batches} skipped"
-        )
+        print(f"stopped in epoch {state.epoch} (time budget), {state.batch_idx_train} batches, {_skips(state)}")
     else:
-        print(f"finished: epoch {state.epoch - 1}, {state.batch_idx_train} batches, {state.skipped_batches} skipped")
+        print(f"finished: epoch {state.epoch - 1}, {state.batch_idx_train} batches, {_skips(state)}")
     return 0
+
+
+def _skips(state: TrainState) -> str:
+    """The two kinds of skip, apart: a skipped cut is left out of its batch, a skipped batch is not trained on."""
+    return (
+        f"{state.skipped_batches} skipped batches (non-finite loss or gradients), "
+        f"{state.skipped_cuts} skipped cuts (audio or features could not be loaded)"
+    )

@@ -6,6 +6,7 @@ lhotse manifests instead, whose own loader reads the same formats.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from pathlib import Path
@@ -15,6 +16,11 @@ import soundfile as sf
 from scipy.signal import resample_poly
 
 __all__ = ["AudioError", "load_audio", "resample"]
+
+log = logging.getLogger(__name__)
+
+# Whether this process has already warned that a file was upsampled (one warning, not one per file).
+_warned_upsampling = False
 
 # libsndfile reports a header/file-size mismatch in its log as "data : <declared> (should be <actual>)".
 _DATA_SIZE_MISMATCH = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
@@ -30,7 +36,9 @@ def load_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray:
     """Read ``path`` as a mono float32 waveform in [-1, 1] at ``sample_rate`` Hz.
 
     Reads wav/flac/ogg (and mp3 where the installed libsndfile supports it) with soundfile,
-    averages channels, and resamples with a polyphase filter when the file's rate differs.
+    averages channels, and resamples with a polyphase filter when the file's rate differs. A file of a
+    lower rate (8 kHz telephone audio) lacks the upper band the models were trained on: the first such
+    file of the process is named in a warning.
 
     Returns:
         samples: ``(num_samples,)`` float32.
@@ -61,7 +69,24 @@ def load_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray:
     if samples.shape[0] == 0:
         raise AudioError(f"{path}: contains no audio samples")
     mono = samples.mean(axis=1, dtype=np.float32) if samples.shape[1] > 1 else samples[:, 0]
+    if file_rate < sample_rate:
+        _warn_upsampling(path, file_rate, sample_rate)
     return resample(mono, file_rate, sample_rate)
+
+
+def _warn_upsampling(path: Path, file_rate: int, sample_rate: int) -> None:
+    global _warned_upsampling
+    if _warned_upsampling:
+        return
+    _warned_upsampling = True
+    log.warning(
+        "%s: %d Hz audio upsampled to %d Hz; it has nothing above %d Hz, which the models were trained "
+        "with, so expect more errors (warned once; other low-rate files are upsampled silently)",
+        path,
+        file_rate,
+        sample_rate,
+        file_rate // 2,
+    )
 
 
 def resample(samples: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:

@@ -27,6 +27,8 @@ from pathlib import Path
 
 from lhotse import CutSet, RecordingSet, SupervisionSet
 
+from asr.data.manifests import save_manifest
+
 LIBRISPEECH_PARTS = (
     "dev-clean",
     "dev-other",
@@ -101,15 +103,16 @@ def _write_part(
     out_dir: Path,
 ) -> CutSet:
     """Write the recordings/supervisions/cuts/text of one part and print its counts."""
-    recordings.to_file(out_dir / f"{corpus}_recordings_{part}.jsonl.gz")
+    # Each manifest is written whole or not at all (an interrupted run leaves no torn file).
+    save_manifest(recordings, out_dir / f"{corpus}_recordings_{part}.jsonl.gz")
     if supervisions is not None:
-        supervisions.to_file(out_dir / f"{corpus}_supervisions_{part}.jsonl.gz")
+        save_manifest(supervisions, out_dir / f"{corpus}_supervisions_{part}.jsonl.gz")
     cuts = CutSet.from_manifests(recordings=recordings, supervisions=supervisions)
     # Every recording holds one utterance: name its cut after it (lhotse appends a counter), so that
     # cut ids are the corpus's utterance ids in decoding results and WER reports.
     cuts = CutSet.from_cuts(cut.with_id(cut.recording_id) for cut in cuts).sort_by_recording_id()
     cuts_path = out_dir / f"{corpus}_cuts_{part}.jsonl.gz"
-    cuts.to_file(cuts_path)
+    save_manifest(cuts, cuts_path)
     if supervisions is not None:
         texts = [s.text for cut in cuts for s in cut.supervisions]
         (out_dir / f"{corpus}_text_{part}.txt").write_text("".join(t + "\n" for t in texts), encoding="utf-8")
@@ -215,7 +218,7 @@ def prepare_musan(corpus_dir: Path, out_dir: Path, parts: list[str] | None = Non
     for part in parts:
         # Music supervisions only carry genre tags; the cuts are noise sources, so recordings suffice.
         if "supervisions" in manifests[part]:
-            manifests[part]["supervisions"].to_file(out_dir / f"musan_supervisions_{part}.jsonl.gz")
+            save_manifest(manifests[part]["supervisions"], out_dir / f"musan_supervisions_{part}.jsonl.gz")
         result[part] = _write_part("musan", part, manifests[part]["recordings"], None, out_dir)
     windows = (
         CutSet.from_cuts(cut for cuts in result.values() for cut in cuts)
@@ -223,7 +226,7 @@ def prepare_musan(corpus_dir: Path, out_dir: Path, parts: list[str] | None = Non
         .filter(lambda cut: cut.duration > MUSAN_MIN_WINDOW)
         .to_eager()
     )
-    windows.to_file(out_dir / "musan_cuts.jsonl.gz")
+    save_manifest(windows, out_dir / "musan_cuts.jsonl.gz")
     print(f"musan windows: {len(windows)} cuts of {MUSAN_WINDOW:g} s -> {out_dir / 'musan_cuts.jsonl.gz'}")
     return result
 

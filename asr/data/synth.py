@@ -18,6 +18,14 @@ seed, and each utterance id carries a digest of its plan, so a changed plan neve
 
 The audio of the piper voice is not bit-exact between runs (its model samples noise); the plan is.
 
+Acoustic augmentation (off by default; ``augment=AugmentConfig(...)``, ``asr data synth --augment``):
+the utterances of the chosen splits get a random chain of :mod:`asr.data.acoustics` transforms
+(pitch, room, noise, band, clipping, codec, level), drawn at plan time from the seed and the
+utterance's index, so the chain is part of the plan and of the id's digest. Noises are files in
+``DIR/noise/``: white, pink and brown noise from sox and babble of overlapped train utterances of
+the corpus's own seen voices, made once before synthesis. With augmentation on, every supervision's
+``custom`` records the voice, the engine speed and the transforms applied (an empty list when none).
+
 Outputs, for split in train/dev/test: ``DIR/synth_{recordings,supervisions,cuts}_{split}.jsonl.gz``
 and ``DIR/audio/{split}/{id}.wav`` (manifests hold absolute audio paths).
 
@@ -28,6 +36,7 @@ the transcript is the Chinese characters, the manifests are ``DIR/synth_cmn_*_{s
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.util
 import json
@@ -36,6 +45,7 @@ import multiprocessing
 import os
 import random
 import shutil
+import signal
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
@@ -43,6 +53,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
+from asr.data.acoustics import AugmentConfig, Transform, apply_chain, describe_chain, sample_chain
 from asr.data.sentences import load_chinese_sentences, load_sentences
 
 if TYPE_CHECKING:
@@ -56,6 +69,12 @@ PAD_SECONDS = 0.15  # silence kept around the speech after trimming
 PEAK_DB = -1.0
 ESPEAK_RATES = (130, 190)  # words per minute
 SPEED_RANGE = (0.88, 1.12)  # tempo factor for the other engines (>1 is faster)
+# The noise bank of augmentation, in DIR/noise/: sox noises and babble, NOISE_SECONDS each.
+NOISE_DIR = "noise"
+SOX_NOISES = ("whitenoise", "pinknoise", "brownnoise")
+NUM_BABBLE = 2
+NOISE_SECONDS = 30.0
+BABBLE_SOURCES = 16  # clean train utterances the babble is made of
 
 
 @dataclass(frozen=True)
@@ -152,6 +171,7 @@ class Utterance:
     spoken: str
     voice: Voice
     speed: float
+    augment: tuple[Transform, ...] = ()  # acoustic transforms applied after synthesis, in order
 
     @property
     def relpath(self) -> str:
@@ -242,6 +262,9 @@ def plan_corpus(
     dev_fraction: float = 0.05,
     test_fraction: float = 0.05,
     language: str = "en",
+    augment: AugmentConfig | None = None,
+    augment_splits: Sequence[str] = ("train",),
+    noise_dir: Path | None = None,
 ) -> list[Utterance]:
     """Assign a sentence, a voice and a speed to each of ``num_utts`` utterances.
 
@@ -250,6 +273,11 @@ def plan_corpus(
     language) are drawn by ``mix`` (default: the language's, :data:`DEFAULT_MIX` for English); train
     uses only voices outside the language's held-out set (:data:`HELD_OUT_SPEAKERS` for English),
     while every even-numbered dev/test utterance uses a held-out voice of a chosen engine.
+
+    With ``augment``, each utterance of ``augment_splits`` also gets a chain drawn by
+    :func:`asr.data.acoustics.sample_chain` from a generator of (``seed``, split, index), apart from
+    the draws above, so the rest of the plan is the same as without; noises are the bank files of
+    ``noise_dir`` (:func:`noise_files`). Without ``augment`` the plan is as it always was.
     """
     lang = LANGUAGES[language]
     engines = list(lang.voices) if engines is None else engines
@@ -273,6 +301,12 @@ def plan_corpus(
     held_out = [v for e in weights for v in lang.voices[e] if v.speaker in lang.held_out]
     id_prefix = lang.prefix.replace("_", "-")
     engine_names, engine_weights = list(weights), list(weights.values())
+    unknown_splits = [s for s in augment_splits if s not in SPLITS]
+    if unknown_splits:
+        raise ValueError(f"augment splits {unknown_splits}: choose from {', '.join(SPLITS)}")
+    if augment is not None and "noise" in augment.kinds and noise_dir is None:
+        raise ValueError("augmentation with noise needs noise_dir (the noise bank)")
+    noises = noise_files(noise_dir) if noise_dir is not None else []
 
     plan = []
     for split in SPLITS:
@@ -290,8 +324,15 @@ def plan_corpus(
             else:
                 speed = round(rng.uniform(*SPEED_RANGE), 3)
             spoken = lang.spoken_form(text) if lang.spoken_form else text
-            digest = hashlib.sha1(f"{voice.speaker}|{speed}|{spoken}|{text}".encode()).hexdigest()[:8]
-            plan.append(Utterance(f"{id_prefix}-{split}-{i:06d}-{digest}", split, text, spoken, voice, speed))
+            chain: tuple[Transform, ...] = ()
+            if augment is not None and split in augment_splits:
+                chain_rng = np.random.default_rng([seed, SPLITS.index(split), i])
+                chain = sample_chain(chain_rng, augment, noises, NOISE_SECONDS)
+            key = f"{voice.speaker}|{speed}|{spoken}|{text}"
+            if chain:  # an unaugmented utterance keeps the id it always had
+                key += "|" + json.dumps(describe_chain(chain), sort_keys=True)
+            digest = hashlib.sha1(key.encode()).hexdigest()[:8]
+            plan.append(Utterance(f"{id_prefix}-{split}-{i:06d}-{digest}", split, text, spoken, voice, speed, chain))
     if not held_out:
         log.warning("engines %s have no held-out voice: test has no voice unseen in train", list(weights))
     return plan
@@ -318,14 +359,32 @@ def _sox_finalize(source: Path | None, dest: Path, raw_input: bytes | None = Non
     cmd += ["channels", "1"]
     cmd += ["silence", "1", "0.03", "-50d", "reverse", "silence", "1", "0.03", "-50d", "reverse"]
     cmd += ["pad", str(PAD_SECONDS), str(PAD_SECONDS), "rate", "-h", str(SAMPLE_RATE), "gain", "-n", str(PEAK_DB)]
-    result = subprocess.run(cmd, input=raw_input, capture_output=True)
-    if result.returncode != 0:
+    try:
+        result = subprocess.run(cmd, input=raw_input, capture_output=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"sox failed for {dest.name}: {result.stderr.decode(errors='replace').strip()}")
+        # Everything trimmed away means the engine said nothing: keep no file, so a rerun tries again.
+        if tmp.stat().st_size <= 44 + int(2 * PAD_SECONDS * SAMPLE_RATE) * 2 + 2 * SAMPLE_RATE // 10:
+            raise RuntimeError(f"{dest.name}: the engine produced (almost) no speech")
+        os.replace(tmp, dest)
+    except BaseException:  # a failure or Ctrl-C: no stray temporary file
         tmp.unlink(missing_ok=True)
-        raise RuntimeError(f"sox failed for {dest.name}: {result.stderr.decode(errors='replace').strip()}")
-    # Everything trimmed away means the engine said nothing: keep no file, so a rerun tries again.
-    if tmp.stat().st_size <= 44 + int(2 * PAD_SECONDS * SAMPLE_RATE) * 2 + 2 * SAMPLE_RATE // 10:
-        tmp.unlink()
-        raise RuntimeError(f"{dest.name}: the engine produced (almost) no speech")
+        raise
+
+
+def _write_pcm16(audio: np.ndarray, sample_rate: int, dest: Path) -> None:
+    """Write float ``audio`` ``(T,)`` in [-1, 1] as a 16-bit wav, atomically (temp file + rename)."""
+    import soundfile
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    # Chains end at a peak <= 0 dBFS; the clip only absorbs float rounding at full scale.
+    pcm = np.round(np.clip(audio, -1.0, 1.0) * 32767).astype(np.int16)
+    try:
+        soundfile.write(str(tmp), pcm, sample_rate, subtype="PCM_16", format="WAV")
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, dest)
 
 
@@ -356,6 +415,23 @@ class Synthesizer:
                 results.append((utt.id, f"{utt.id} ({utt.voice.speaker}): {e}"))
         return results
 
+    def _finalize(self, utt: Utterance, source: Path | None, raw_input: bytes | None = None, raw_rate: int = 0) -> None:
+        """The utterance's final wav from the engine's output: :func:`_sox_finalize`, then the
+        utterance's acoustic chain, if any (the clean audio passes through a private temp file)."""
+        dest = self.out_dir / utt.relpath
+        if not utt.augment:
+            _sox_finalize(source, dest, raw_input, raw_rate)
+            return
+        import soundfile
+
+        clean = self.tmp_dir / f"{utt.id}.clean.wav"
+        try:
+            _sox_finalize(source, clean, raw_input, raw_rate)
+            audio, rate = soundfile.read(str(clean), dtype="float32")
+        finally:
+            clean.unlink(missing_ok=True)
+        _write_pcm16(apply_chain(audio, rate, utt.augment), rate, dest)
+
     def _run(self, cmd: list[str], what: str) -> None:
         result = subprocess.run(cmd, capture_output=True)
         if result.returncode != 0:
@@ -366,14 +442,14 @@ class Synthesizer:
         raw = self.tmp_dir / f"{utt.id}.wav"
         rate = str(int(utt.speed))
         self._run(["espeak-ng", "-v", utt.voice.name, "-s", rate, "-w", str(raw), utt.spoken], "espeak-ng")
-        _sox_finalize(raw, self.out_dir / utt.relpath)
+        self._finalize(utt, raw)
         raw.unlink(missing_ok=True)
 
     def _flite(self, utt: Utterance) -> None:
         raw = self.tmp_dir / f"{utt.id}.wav"
         stretch = f"duration_stretch={1.0 / utt.speed:.4f}"
         self._run(["flite", "-voice", utt.voice.name, "--setf", stretch, "-t", utt.spoken, "-o", str(raw)], "flite")
-        _sox_finalize(raw, self.out_dir / utt.relpath)
+        self._finalize(utt, raw)
         raw.unlink(missing_ok=True)
 
     def _piper_voice(self):
@@ -403,7 +479,7 @@ class Synthesizer:
         if not chunks:
             raise RuntimeError("piper produced no audio")
         audio = np.concatenate([c.audio_float_array for c in chunks]).astype("<f4")
-        _sox_finalize(None, self.out_dir / utt.relpath, raw_input=audio.tobytes(), raw_rate=chunks[0].sample_rate)
+        self._finalize(utt, None, raw_input=audio.tobytes(), raw_rate=chunks[0].sample_rate)
 
     def _festival(self, utts: Sequence[Utterance]) -> list[tuple[str, str | None]]:
         lines = []
@@ -436,7 +512,7 @@ class Synthesizer:
                 if not raw.exists():
                     message = result.stderr.decode(errors="replace").strip()[-300:]
                     raise RuntimeError(f"festival wrote no audio (exit {result.returncode}): {message}")
-                _sox_finalize(raw, self.out_dir / utt.relpath)
+                self._finalize(utt, raw)
                 results.append((utt.id, None))
             except (RuntimeError, OSError) as e:
                 results.append((utt.id, f"{utt.id} ({utt.voice.speaker}): {e}"))
@@ -450,6 +526,10 @@ _worker_synth: Synthesizer | None = None
 
 def _init_worker(out_dir: str, tmp_root: str) -> None:
     global _worker_synth
+    # Ctrl-C reaches every process of the terminal's group. The parent alone handles it (it stops the
+    # pool); a worker raising KeyboardInterrupt would print a traceback each. A Python-level handler,
+    # unlike SIG_IGN, is reset in the engines the worker starts, so they still stop at once.
+    signal.signal(signal.SIGINT, lambda signum, frame: None)
     _worker_synth = Synthesizer(Path(out_dir), Path(tmp_root))
 
 
@@ -496,6 +576,9 @@ def run_plan(
     from tqdm import tqdm
 
     out_dir = Path(out_dir)
+    # Temporaries of a run that was killed between writing a wav and renaming it (see _sox_finalize).
+    for stale in out_dir.glob("audio/*/.*.tmp"):
+        stale.unlink(missing_ok=True)
     pending = [u for u in plan if not (out_dir / u.relpath).is_file()]
     if len(pending) < len(plan):
         log.info("%d of %d utterances already synthesized; skipping them", len(plan) - len(pending), len(plan))
@@ -522,16 +605,66 @@ def run_plan(
 
 
 # ----------------------------------------------------------------------------------------------
+# The noise bank of augmentation
+
+
+def noise_files(noise_dir: Path) -> list[str]:
+    """The noise bank's files in ``noise_dir`` (absolute paths, fixed names); they need not exist yet."""
+    names = [*SOX_NOISES, *(f"babble{i}" for i in range(NUM_BABBLE))]
+    return [str((Path(noise_dir) / f"{name}.wav").resolve()) for name in names]
+
+
+def build_noise_bank(plan: Sequence[Utterance], noise_dir: Path, seed: int) -> None:
+    """Make the files of :func:`noise_files` unless all are there: sox's white, pink and brown
+    noise, and babble (:func:`asr.data.augment.make_babble`) of the first :data:`BABBLE_SOURCES`
+    train utterances of ``plan`` spoken clean (train voices only, so held-out voices stay unheard).
+
+    Everything is made in a temp directory and moved in file by file, so no file is ever partial.
+    """
+    from lhotse import CutSet, Recording, RecordingSet
+
+    from asr.data.augment import make_noise_cuts
+
+    noise_dir = Path(noise_dir)
+    targets = [Path(f) for f in noise_files(noise_dir)]
+    if all(t.is_file() for t in targets):
+        return
+    sources = [dataclasses.replace(u, augment=()) for u in plan if u.split == "train"][:BABBLE_SOURCES]
+    log.info("making the noise bank in %s from %d clean utterances", noise_dir, len(sources))
+    with tempfile.TemporaryDirectory(prefix="asr-noise-") as tmp:
+        tmp = Path(tmp)
+        synth = Synthesizer(tmp / "speech", tmp)
+        errors = [e for task in make_tasks(sources) for _, e in synth.synthesize(task) if e]
+        paths = [tmp / "speech" / u.relpath for u in sources if (tmp / "speech" / u.relpath).is_file()]
+        if not paths:
+            raise RuntimeError("no babble source utterance could be synthesized, e.g.: " + "; ".join(errors[:3]))
+        speech = CutSet.from_manifests(recordings=RecordingSet.from_recordings(Recording.from_file(p) for p in paths))
+        made = tmp / "noise"
+        make_noise_cuts(
+            made, NOISE_SECONDS, SAMPLE_RATE, SOX_NOISES, speech_cuts=speech, num_babble=NUM_BABBLE, seed=seed
+        )
+        noise_dir.mkdir(parents=True, exist_ok=True)
+        for target in targets:
+            os.replace(made / target.name, target)
+
+
+# ----------------------------------------------------------------------------------------------
 # Manifests
 
 
-def write_manifests(plan: Sequence[Utterance], out_dir: Path, language: str = "en") -> dict[str, CutSet]:
+def write_manifests(
+    plan: Sequence[Utterance], out_dir: Path, language: str = "en", record_augment: bool = False
+) -> dict[str, CutSet]:
     """Write lhotse recordings/supervisions/cuts of every synthesized utterance of ``plan``, per split.
 
-    Recording, supervision and cut share the utterance id; each cut spans its whole recording.
+    Recording, supervision and cut share the utterance id; each cut spans its whole recording. With
+    ``record_augment``, each supervision's ``custom`` is ``{"voice", "engine_speed", "transforms"}``
+    (the transforms' :meth:`describe` dicts in the order applied; ``[]`` for a clean utterance).
     """
     import soundfile
     from lhotse import AudioSource, CutSet, MonoCut, Recording, RecordingSet, SupervisionSegment, SupervisionSet
+
+    from asr.data.manifests import save_manifest
 
     lang = LANGUAGES[language]
     out_dir = Path(out_dir)
@@ -560,16 +693,24 @@ def write_manifests(plan: Sequence[Utterance], out_dir: Path, language: str = "e
                 text=utt.text,
                 language=lang.lhotse_name,
                 speaker=utt.voice.speaker,
+                custom=(
+                    {"voice": utt.voice.speaker, "engine_speed": utt.speed, "transforms": describe_chain(utt.augment)}
+                    if record_augment
+                    else None
+                ),
             )
             cut_list.append(MonoCut(utt.id, 0.0, duration, 0, recording=recording, supervisions=[supervision]))
         cut_set = CutSet.from_cuts(cut_list)
-        RecordingSet.from_recordings(c.recording for c in cut_list).to_file(
-            out_dir / f"{lang.prefix}_recordings_{split}.jsonl.gz"
+        # Each written whole or not at all: an interrupted run never leaves a torn manifest.
+        save_manifest(
+            RecordingSet.from_recordings(c.recording for c in cut_list),
+            out_dir / f"{lang.prefix}_recordings_{split}.jsonl.gz",
         )
-        SupervisionSet.from_segments(c.supervisions[0] for c in cut_list).to_file(
-            out_dir / f"{lang.prefix}_supervisions_{split}.jsonl.gz"
+        save_manifest(
+            SupervisionSet.from_segments(c.supervisions[0] for c in cut_list),
+            out_dir / f"{lang.prefix}_supervisions_{split}.jsonl.gz",
         )
-        cut_set.to_file(out_dir / f"{lang.prefix}_cuts_{split}.jsonl.gz")
+        save_manifest(cut_set, out_dir / f"{lang.prefix}_cuts_{split}.jsonl.gz")
         cuts[split] = cut_set
     return cuts
 
@@ -589,6 +730,8 @@ def synthesize_corpus(
     progress: bool = True,
     max_failed_fraction: float = 0.01,
     language: str = "en",
+    augment: AugmentConfig | None = None,
+    augment_splits: Sequence[str] = ("train",),
 ) -> dict[str, CutSet]:
     """Build (or finish) the corpus in ``out_dir``; returns ``{"train"|"dev"|"test": CutSet}``.
 
@@ -596,19 +739,42 @@ def synthesize_corpus(
     exists are skipped, so an interrupted run resumes. Failed utterances are logged and left out
     of the manifests; more than ``max_failed_fraction`` of them is an error. Raises
     :class:`EngineMissingError` when a chosen engine is not installed.
+
+    ``augment`` (default: none) gives the utterances of ``augment_splits`` random acoustic chains
+    (see :func:`plan_corpus`), makes the noise bank in ``out_dir/noise`` first, and records voice
+    and transforms in the supervisions (:func:`write_manifests`).
     """
     if language not in LANGUAGES:
         raise ValueError(f"unknown language {language!r}; choose from {', '.join(LANGUAGES)}")
     lang = LANGUAGES[language]
     engines = list(dict.fromkeys(lang.voices if engines is None else engines))
     check_engines(engines, language)
+    problems = augment.missing_requirements() if augment is not None else []
+    if problems:
+        raise EngineMissingError(
+            "missing augmentation dependencies:\n  - " + "\n  - ".join(problems) + "\nInstall the Debian packages"
+            " with `bash tools/install_system_deps.sh`, or leave out the kinds that need them (--augment)."
+        )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    plan = plan_corpus(lang.load_sentences(), num_utts, seed, engines, mix, language=language)
+    noise_dir = out_dir / NOISE_DIR if augment is not None and "noise" in augment.kinds else None
+    plan = plan_corpus(
+        lang.load_sentences(),
+        num_utts,
+        seed,
+        engines,
+        mix,
+        language=language,
+        augment=augment,
+        augment_splits=augment_splits,
+        noise_dir=noise_dir,
+    )
+    if noise_dir is not None and any(t.kind == "noise" for u in plan for t in u.augment):
+        build_noise_bank(plan, noise_dir, seed)
     errors = run_plan(plan, out_dir, num_workers, festival_batch, progress)
     if errors:
         sample = "\n  ".join(list(errors.values())[:5])
         log.warning("%d of %d utterances failed and are left out:\n  %s", len(errors), len(plan), sample)
         if len(errors) > max_failed_fraction * len(plan):
             raise RuntimeError(f"{len(errors)} of {len(plan)} utterances failed, e.g.:\n  {sample}")
-    return write_manifests(plan, out_dir, language)
+    return write_manifests(plan, out_dir, language, record_augment=augment is not None)

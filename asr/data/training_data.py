@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from lhotse import CutSet, load_manifest
+from lhotse import CutSet
 
 from asr.data.datamodule import AsrDataLoader, AsrDataModule, CutFilter, DataConfig, filter_cuts
+from asr.data.manifests import ManifestError, load_cuts
 from asr.data.tokenizer import Tokenizer
 
 __all__ = ["TrainingData", "TrainingDataError", "load_usable_cuts"]
@@ -25,15 +26,17 @@ def load_usable_cuts(path: str, role: str, tokenizer: Tokenizer, output_frames: 
     """The cuts of ``path`` that training can use (:func:`asr.data.datamodule.filter_cuts`);
     ``output_frames`` maps fbank frames to encoder output frames, ``role`` names the set in errors.
 
-    Raises :class:`TrainingDataError` when none is left, with the number dropped for each reason,
-    rather than letting an epoch of zero batches pass for a finished run.
+    Raises :class:`TrainingDataError` when the file cannot be read (:func:`asr.data.manifests.load_cuts`)
+    or none is left, with the number dropped for each reason, rather than letting an epoch of zero
+    batches pass for a finished run.
     """
-    cuts = load_manifest(path)
+    try:
+        cuts = load_cuts(path)
+    except ManifestError as error:
+        raise TrainingDataError(f"the {role} cuts file {error}") from None
     kept = filter_cuts(cuts, tokenizer, output_frames)
     if next(iter(kept), None) is not None:
         return kept
-    if next(iter(cuts), None) is None:
-        raise TrainingDataError(f"the {role} cuts file {path} holds no cuts")
     # Only on this error path: count the reasons again, since filter_cuts only logs them.
     counts = CutFilter(tokenizer, output_frames).count(cuts)
     min_frames = next((t for t in range(1, 100_000) if output_frames(t) >= 1), None)
@@ -73,7 +76,10 @@ class TrainingData:
         world_size: int = 1,
         rank: int = 0,
     ) -> None:
-        noise = load_manifest(noise_cuts) if noise_cuts else None
+        try:
+            noise = load_cuts(noise_cuts) if noise_cuts else None
+        except ManifestError as error:
+            raise TrainingDataError(f"the noise cuts file {error}") from None
         self.seed = config.seed
         self.module = AsrDataModule(config, tokenizer, noise, world_size=world_size, rank=rank)
         self.train_cuts = load_usable_cuts(train_cuts, "training", tokenizer, output_frames)

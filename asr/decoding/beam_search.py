@@ -163,6 +163,11 @@ class ModifiedBeamSearch:
         context_size = self.model.decoder.context_size
         return score / (len(entry.tokens) + context_size) if self.length_norm else score
 
+    def nbest(self, beam: Beam) -> list[Hypothesis]:
+        """Every hypothesis of ``beam``, best first by :meth:`final_score`; ``score`` as in :meth:`best`."""
+        entries = sorted(beam.values(), key=self.final_score, reverse=True)
+        return [Hypothesis(list(e.tokens), list(e.timestamps), e.log_prob) for e in entries]
+
     def best(self, beam: Beam) -> Hypothesis:
         """The best hypothesis of ``beam`` as if its utterance ended here; ``score`` is its (merged)
         transducer log-probability, without the scorers."""

@@ -47,6 +47,7 @@ import torch
 from torch import Tensor, nn
 
 from asr.encoders.base import StreamingEncoder
+from asr.nn.attention import relax_attention_weights
 from asr.nn.depthwise import DepthwiseConv1d
 from asr.nn.fused_attention import (
     BACKENDS,
@@ -110,6 +111,8 @@ class ZipformerConfig:
     embed_channels: tuple[int, int, int] = (8, 32, 128)
     # The front end's ConvNeXt block (icefall has it; zipformer-xs drops it, see its preset).
     embed_convnext: bool = True
+    # γ of relaxed self-attention (training only; 0 = off), see asr.nn.attention.relax_attention_weights.
+    relaxed_attention_gamma: float = 0.0
 
 
 # icefall's documented LibriSpeech recipes (egs/librispeech/ASR/zipformer, README / RESULTS).
@@ -219,9 +222,9 @@ class SimpleDownsample(nn.Module):
         num_frames, batch_size, channels = src.shape
         ds = self.downsample
         out_frames = (num_frames + ds - 1) // ds
+        # No Python branch on `pad`: a traced (ONNX) graph must pad whatever the length (an empty cat at 0).
         pad = out_frames * ds - num_frames
-        if pad:
-            src = torch.cat((src, src[-1:].expand(pad, batch_size, channels)), dim=0)
+        src = torch.cat((src, src[-1:].expand(pad, batch_size, channels)), dim=0)
         src = src.reshape(out_frames, ds, batch_size, channels)
         weights = self.bias.softmax(dim=0).view(1, ds, 1, 1)
         return (src * weights).sum(dim=1)
@@ -253,9 +256,13 @@ class RelPositionMultiheadAttentionWeights(nn.Module):
         pos_head_dim: int,
         dropout: float = 0.0,
         pos_emb_skip_rate: FloatLike | None = None,
+        relaxed_attention_gamma: float = 0.0,
     ) -> None:
         super().__init__()
+        if not 0.0 <= relaxed_attention_gamma < 1.0:
+            raise ValueError(f"relaxed_attention_gamma must be in [0, 1), got {relaxed_attention_gamma}")
         self.embed_dim = embed_dim
+        self.relaxed_attention_gamma = relaxed_attention_gamma
         self.num_heads = num_heads
         self.query_head_dim = query_head_dim
         self.pos_head_dim = pos_head_dim
@@ -309,6 +316,11 @@ class RelPositionMultiheadAttentionWeights(nn.Module):
         scores = torch.matmul(p, pos)  # (H, N, T_q, num_offsets)
         # Query i against key j needs offset column (T_q - 1 - i) + j: a view that starts row i one
         # column further left than row i - 1 turns (offset) columns into (key) columns without a copy.
+        if torch.jit.is_tracing():
+            # ONNX has no strided view: gather the same columns (the exported graph, asr.export).
+            rows = torch.arange(num_queries - 1, -1, -1, device=p.device).unsqueeze(-1)
+            columns = (rows + torch.arange(num_keys, device=p.device)).expand(h, batch_size, num_queries, num_keys)
+            return scores.gather(3, columns)
         s = scores.stride()
         return scores.as_strided(
             (h, batch_size, num_queries, num_keys),
@@ -331,9 +343,11 @@ class RelPositionMultiheadAttentionWeights(nn.Module):
         k = self.whiten_keys(self.balance_keys(k))
         use_pos = not self.training or random.random() >= float(self.pos_emb_skip_rate)
         penalize = self.training and random.random() < 0.1
+        relax = self.training and self.relaxed_attention_gamma > 0.0
         fused = (
             self.attention_backend != "torch"
             and not penalize
+            and not relax
             and not (self.training and self.dropout > 0)
             and resolve_backend(self.attention_backend, x.device) == "triton"
         )
@@ -365,6 +379,12 @@ class RelPositionMultiheadAttentionWeights(nn.Module):
         if key_padding_mask is not None:
             scores = scores.masked_fill(key_padding_mask.unsqueeze(1), -1000)
         weights = softmax(scores, dim=-1)
+        if relax:
+            mask = attn_mask
+            if key_padding_mask is not None:
+                padding = key_padding_mask.unsqueeze(1)  # (N, 1, T)
+                mask = padding if mask is None else mask | padding
+            weights = relax_attention_weights(weights, mask, self.relaxed_attention_gamma)
         return nn.functional.dropout(weights, p=self.dropout, training=self.training)
 
     def streaming_forward(
@@ -596,6 +616,7 @@ class Zipformer2EncoderLayer(nn.Module):
         dropout: FloatLike = 0.1,
         cnn_module_kernel: int = 31,
         causal: bool = False,
+        relaxed_attention_gamma: float = 0.0,
     ) -> None:
         super().__init__()
         self.embed_dim = embed_dim
@@ -617,6 +638,7 @@ class Zipformer2EncoderLayer(nn.Module):
             query_head_dim=query_head_dim,
             pos_head_dim=pos_head_dim,
             dropout=0.0,
+            relaxed_attention_gamma=relaxed_attention_gamma,
         )
         self.self_attn1 = SelfAttention(embed_dim, num_heads, value_head_dim)
         self.self_attn2 = SelfAttention(embed_dim, num_heads, value_head_dim)
@@ -914,6 +936,7 @@ class Zipformer2(nn.Module):
                 dropout=dropout,
                 cnn_module_kernel=self.cnn_module_kernel[i],
                 causal=causal,
+                relaxed_attention_gamma=config.relaxed_attention_gamma,
             )
             # Stacks warm up one after another (layer skipping decays later for later stacks).
             stack: nn.Module = Zipformer2Encoder(

@@ -28,9 +28,11 @@ from asr.decoding import (
     greedy_search,
     modified_beam_search,
 )
+from asr.decoding.attention import attention_beam_search, attention_rescore
+from asr.decoding.beam_search import ModifiedBeamSearch
 from asr.decoding.scorers import Scorer
 from asr.encoders import StreamingEncoder
-from asr.inference.options import DecodingOptions
+from asr.inference.options import SCORER_METHODS, DecodingOptions
 from asr.models import AsrModel
 from asr.streaming import is_streaming_encoder, simulate_streaming
 from asr.streaming.simulate import LOG_EPS  # what training pads with
@@ -144,6 +146,24 @@ def encode(
         return simulate_streaming(encoder, features, feature_lens)
 
 
+def check_model_fits(model: AsrModel, options: DecodingOptions) -> None:
+    """Raise ``ValueError`` when ``options`` ask for a search whose head the model lacks."""
+    method = options.method
+    wanted = {
+        "greedy": ("transducer",),
+        "modified_beam_search": ("transducer",),
+        "ctc_greedy": ("ctc",),
+        "ctc_prefix_beam_search": ("ctc",),
+        "attention_beam_search": ("aed",),
+        "attention_rescoring": ("transducer", "aed"),
+    }[method]
+    if options.ctc_weight > 0 and method.startswith("attention"):
+        wanted += ("ctc",)
+    missing = [head for head in wanted if head not in model.heads]
+    if missing:
+        raise ValueError(f"method {method} needs the {' and '.join(wanted)} heads; this model has {model.heads}")
+
+
 def search(
     model: AsrModel,
     method: str,
@@ -151,23 +171,46 @@ def search(
     enc_lens: torch.Tensor,
     beam: int,
     scorers: Sequence[Scorer] = (),
+    options: DecodingOptions | None = None,
 ) -> list[Hypothesis]:
     """Run ``method`` (:data:`METHODS`) over encoder output ``(N, T, C)`` with lengths ``(N,)``; ``scorers``
-    are added to modified beam search's ranking."""
-    if method in ("greedy", "modified_beam_search") and not model.has_transducer:
-        raise ValueError(f"--method {method} needs a transducer head; this model has {model.heads}")
-    if method.startswith("ctc") and not model.has_ctc:
-        raise ValueError(f"--method {method} needs a CTC head; this model has {model.heads}")
-    if scorers and method != "modified_beam_search":
-        raise ValueError(f"LM fusion and the lexicon are implemented for modified_beam_search only, not {method}")
+    are added to the beam searches' ranking; ``options`` gives the attention methods' weights."""
+    options = options if options is not None else DecodingOptions(method=method, beam=beam)
+    check_model_fits(model, options)
+    if scorers and method not in SCORER_METHODS:
+        raise ValueError(f"LM fusion and the lexicon are implemented for {', '.join(SCORER_METHODS)}, not {method}")
     if method == "greedy":
         return greedy_search(model, enc_out, enc_lens)
     if method == "modified_beam_search":
         return modified_beam_search(model, enc_out, enc_lens, beam=beam, scorers=scorers)
-    log_probs = model.ctc_log_probs(enc_out)
-    if method == "ctc_greedy":
-        return ctc_greedy_search(log_probs, enc_lens)
-    return ctc_prefix_beam_search(log_probs, enc_lens, beam=beam)
+    if method.startswith("ctc"):
+        ctc_log_probs = model.ctc_log_probs(enc_out)
+        if method == "ctc_greedy":
+            return ctc_greedy_search(ctc_log_probs, enc_lens)
+        return ctc_prefix_beam_search(ctc_log_probs, enc_lens, beam=beam)
+    ctc_log_probs = model.ctc_log_probs(enc_out) if options.ctc_weight > 0 else None
+    if method == "attention_beam_search":
+        return attention_beam_search(
+            model.attention_decoder,
+            enc_out,
+            enc_lens,
+            beam,
+            ctc_log_probs=ctc_log_probs,
+            ctc_weight=options.ctc_weight,
+            scorers=scorers,
+        )
+    first_pass = ModifiedBeamSearch(model, beam)
+    beams = [first_pass.initial() for _ in range(enc_out.size(0))]
+    first_pass.advance(beams, enc_out, enc_lens)
+    return attention_rescore(
+        model.attention_decoder,
+        enc_out,
+        enc_lens,
+        [first_pass.nbest(b) for b in beams],
+        ctc_log_probs=ctc_log_probs,
+        ctc_weight=options.ctc_weight,
+        first_pass_weight=options.first_pass_weight,
+    )
 
 
 def scoring_unit(tokenizer: Tokenizer, chars: bool | None = None) -> str:
@@ -214,7 +257,7 @@ def decode_batches(
         features = torch.nn.utils.rnn.pad_sequence([u.features for u in batch], batch_first=True, padding_value=LOG_EPS)
         features, feature_lens = features.to(device), feature_lens.to(device)
         enc_out, enc_lens = encode(model, features, feature_lens, options.chunk_size, options.left_context_frames)
-        hyps = search(model, options.method, enc_out, enc_lens, options.beam, scorers)
+        hyps = search(model, options.method, enc_out, enc_lens, options.beam, scorers, options)
         seconds = (time.perf_counter() - started) / len(batch)
         for utt, hyp in zip(batch, hyps):
             yield utt, hyp, seconds

@@ -7,7 +7,16 @@ from dataclasses import dataclass
 from asr.data.tokenizer import Tokenizer
 from asr.decoding.scorers import Scorer
 
-METHODS = ("greedy", "modified_beam_search", "ctc_greedy", "ctc_prefix_beam_search")
+METHODS = (
+    "greedy",
+    "modified_beam_search",
+    "ctc_greedy",
+    "ctc_prefix_beam_search",
+    "attention_beam_search",
+    "attention_rescoring",
+)
+# The methods the token LM, lexicon and word LM scorers plug into.
+SCORER_METHODS = ("modified_beam_search", "attention_beam_search")
 DEFAULT_LM_SCALE = 0.5  # best on the synth dev set
 DEFAULT_LM_BONUS = 1.5  # best on the synth dev set
 DEFAULT_OOV_PENALTY = 6.0  # best of 1.5, 3, 6, 10 on 600 synth dev utterances
@@ -31,6 +40,10 @@ class DecodingOptions:
             hypothesis word not in them (:class:`asr.decoding.LexiconScorer`).
         word_lm, word_lm_scale, word_bonus: an ARPA word n-gram LM fused at word ends; needs ``lexicon``
             (:class:`asr.decoding.WordLmScorer`).
+        ctc_weight: with an attention decoder, the weight λ of the CTC score: joint CTC/attention scoring in
+            ``attention_beam_search``, the CTC log-likelihood term in ``attention_rescoring``.
+        first_pass_weight: in ``attention_rescoring`` (an n-best list of ``beam`` transducer hypotheses
+            from modified beam search, rescored by the attention decoder), the weight of their transducer score.
     """
 
     method: str = "greedy"
@@ -46,6 +59,8 @@ class DecodingOptions:
     word_lm: str | None = None
     word_lm_scale: float = DEFAULT_WORD_LM_SCALE
     word_bonus: float = DEFAULT_WORD_BONUS
+    ctc_weight: float = 0.0
+    first_pass_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if isinstance(self.lexicon, str):  # one file given as a string, not its characters
@@ -69,8 +84,10 @@ class DecodingOptions:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         beam_only = {"lm": self.lm is not None, "lexicon": bool(self.lexicon), "word_lm": self.word_lm is not None}
         for name, given in beam_only.items():
-            if given and self.method != "modified_beam_search":
-                raise ValueError(f"{name} needs method modified_beam_search (got {self.method})")
+            if given and self.method not in SCORER_METHODS:
+                raise ValueError(f"{name} needs method {' or '.join(SCORER_METHODS)} (got {self.method})")
+        if not 0.0 <= self.ctc_weight <= 1.0:
+            raise ValueError(f"ctc_weight must be in [0, 1], got {self.ctc_weight}")
         if self.word_lm is not None and not self.lexicon:
             raise ValueError("word_lm needs a lexicon (it tells where words end; oov_penalty 0 for no penalty)")
 
@@ -91,7 +108,7 @@ def build_scorers(options: DecodingOptions, tokenizer: Tokenizer) -> list[Scorer
         try:
             lm = NgramLM.load_arpa(options.lm, pieces)
         except (OSError, ValueError) as error:
-            raise ValueError(f"lm {options.lm}: {error}") from None
+            raise ValueError(f"lm: {error}") from None
         scorers.append(TokenLmScorer(lm, options.lm_scale, options.lm_bonus, options.lm_final))
     if options.lexicon:
         try:
@@ -104,6 +121,6 @@ def build_scorers(options: DecodingOptions, tokenizer: Tokenizer) -> list[Scorer
             try:
                 word_lm = NgramLM.load_arpa_words(options.word_lm)
             except (OSError, ValueError) as error:
-                raise ValueError(f"word_lm {options.word_lm}: {error}") from None
+                raise ValueError(f"word_lm: {error}") from None
             scorers.append(WordLmScorer(word_lm, lexicon, options.word_lm_scale, options.word_bonus))
     return scorers

@@ -29,6 +29,7 @@ from asr.inference.offline import (
     SAMPLE_RATE,
     DecodeResult,
     Utterance,
+    check_model_fits,
     check_samples,
     decode_batches,
 )
@@ -94,10 +95,7 @@ class Recognizer:
         options = options if options is not None else DecodingOptions()
         if getattr(model, "tokenizer", None) is None:
             raise ValueError("the model has no tokenizer: load it with asr.load_model(path, lang_dir=...)")
-        if options.method in ("greedy", "modified_beam_search") and not model.has_transducer:
-            raise ValueError(f"method {options.method} needs a transducer head; this model has {model.heads}")
-        if options.method.startswith("ctc") and not model.has_ctc:
-            raise ValueError(f"method {options.method} needs a CTC head; this model has {model.heads}")
+        check_model_fits(model, options)
         if options.chunk_size is not None:
             if not is_streaming_encoder(model.encoder):
                 raise ValueError(

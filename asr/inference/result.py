@@ -12,11 +12,12 @@ WORD_START = "\u2581"  # SentencePiece's word-start marker
 
 @dataclass
 class WordTiming:
-    """One word of a result: its text and its span in seconds from the start of the audio."""
+    """One word of a result: its text and its span in seconds from the start of the audio (None for a search
+    that gives no times, such as attention-decoder search)."""
 
     word: str
-    start: float
-    end: float
+    start: float | None
+    end: float | None
 
 
 @dataclass
@@ -27,7 +28,8 @@ class Result:
         text: the transcript.
         tokens: the token pieces (``▁`` marks a word start in BPE pieces).
         token_ids: their ids.
-        timestamps: each token's emission time in seconds (the start of the encoder frame it was emitted at).
+        timestamps: each token's emission time in seconds (the start of the encoder frame it was emitted at);
+            empty for a search that gives no times.
         words: per word, its start (its first token's time) and end (the next word's start, or the last
             token's frame end for the last word).
         segment: with streaming endpointing, the index of this segment in the stream.
@@ -60,7 +62,8 @@ def make_result(
         segment: the segment index.
     """
     pieces = [tokenizer.id_to_token(t) for t in hyp.tokens]
-    times = [round(time_offset + t * frame_seconds, 3) for t in hyp.timestamps]
+    timed = len(hyp.timestamps) == len(hyp.tokens)
+    times = [round(time_offset + t * frame_seconds, 3) for t in hyp.timestamps] if timed else []
     chars = isinstance(tokenizer, CharTokenizer)
     # Token positions of each word: a character table makes every token a word; BPE starts one at "▁".
     groups: list[list[int]] = []
@@ -73,6 +76,9 @@ def make_result(
     for g, group in enumerate(groups):
         text = tokenizer.decode([hyp.tokens[k] for k in group]).strip()
         if not text:  # a bare "▁" piece
+            continue
+        if not timed:
+            words.append(WordTiming(text, None, None))
             continue
         end = times[groups[g + 1][0]] if g + 1 < len(groups) else round(times[group[-1]] + frame_seconds, 3)
         words.append(WordTiming(text, times[group[0]], end))

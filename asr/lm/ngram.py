@@ -26,11 +26,14 @@ Queries for decoding take a state, the tuple of the last ``order - 1`` ids (star
 
 from __future__ import annotations
 
+import gzip
 import itertools
 import logging
 import math
+import os
 import time
-from collections.abc import Iterable, Sequence
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -371,44 +374,52 @@ class NgramLM:
 
     # ---------------------------------------------------------------- ARPA
     def save_arpa(self, path: str | Path) -> None:
-        """Write the model as an ARPA file (gzip'ed when ``path`` ends in ``.gz``): log10
+        """Write the model as an ARPA file (gzip'ed when ``path`` ends in ``.gz``), all or nothing: log10
         probabilities and backoff weights, tokens as their symbol strings."""
-        with open_text(path, "w") as f:
-            f.write("\n\\data\\\n")
-            for n, count in enumerate(self.num_ngrams, start=1):
-                f.write(f"ngram {n}={count}\n")
-            for n in range(1, self.order + 1):
-                f.write(f"\n\\{n}-grams:\n")
-                level = self._orders[n - 1]
-                higher = self._orders[n] if n < self.order else None
-                if n == 1 and higher is not None:
-                    i = higher.find(SENTENCE_ID)
-                    bow = higher.backoffs[i] / LN10 if i >= 0 else 0.0
-                    f.write(f"{ARPA_LOG10_ZERO:.7g}\t{BOS}\t{bow:.7g}\n")
-                elif n == 1:
-                    f.write(f"{ARPA_LOG10_ZERO:.7g}\t{BOS}\n")
-                codes = np.repeat(level.contexts, np.diff(level.offsets)) * self.vocab_size + level.words
-                backoffs = np.zeros(codes.size)
-                if (
-                    higher is not None and higher.contexts.size
-                ):  # an n-gram's backoff weight is stored with the context it makes
-                    found = np.minimum(np.searchsorted(higher.contexts, codes), higher.contexts.size - 1)
-                    match = (higher.contexts[found] == codes) & (level.words != SENTENCE_ID)
-                    backoffs[match] = higher.backoffs[found[match]] / LN10
-                for c, context in enumerate(level.contexts.tolist()):
-                    names = " ".join(self._context_names(_decode(context, n - 1, self.vocab_size)) + [""])
-                    start, end = level.offsets[c], level.offsets[c + 1]
-                    for word, lp, bow in zip(
-                        level.words[start:end].tolist(),
-                        level.log_probs[start:end].tolist(),
-                        backoffs[start:end].tolist(),
-                    ):
-                        name = EOS if word == SENTENCE_ID else self.symbols[word]
-                        if bow != 0.0:
-                            f.write(f"{lp / LN10:.7g}\t{names}{name}\t{bow:.7g}\n")
-                        else:
-                            f.write(f"{lp / LN10:.7g}\t{names}{name}\n")
-            f.write("\n\\end\\\n")
+        path = Path(path)
+        # Written beside the target and renamed over it, so an interrupted run leaves no half file.
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp" + (".gz" if path.name.endswith(".gz") else ""))
+        try:
+            with open_text(tmp, "w") as f:
+                f.write("\n\\data\\\n")
+                for n, count in enumerate(self.num_ngrams, start=1):
+                    f.write(f"ngram {n}={count}\n")
+                for n in range(1, self.order + 1):
+                    f.write(f"\n\\{n}-grams:\n")
+                    level = self._orders[n - 1]
+                    higher = self._orders[n] if n < self.order else None
+                    if n == 1 and higher is not None:
+                        i = higher.find(SENTENCE_ID)
+                        bow = higher.backoffs[i] / LN10 if i >= 0 else 0.0
+                        f.write(f"{ARPA_LOG10_ZERO:.7g}\t{BOS}\t{bow:.7g}\n")
+                    elif n == 1:
+                        f.write(f"{ARPA_LOG10_ZERO:.7g}\t{BOS}\n")
+                    codes = np.repeat(level.contexts, np.diff(level.offsets)) * self.vocab_size + level.words
+                    backoffs = np.zeros(codes.size)
+                    if (
+                        higher is not None and higher.contexts.size
+                    ):  # an n-gram's backoff weight is stored with the context it makes
+                        found = np.minimum(np.searchsorted(higher.contexts, codes), higher.contexts.size - 1)
+                        match = (higher.contexts[found] == codes) & (level.words != SENTENCE_ID)
+                        backoffs[match] = higher.backoffs[found[match]] / LN10
+                    for c, context in enumerate(level.contexts.tolist()):
+                        names = " ".join(self._context_names(_decode(context, n - 1, self.vocab_size)) + [""])
+                        start, end = level.offsets[c], level.offsets[c + 1]
+                        for word, lp, bow in zip(
+                            level.words[start:end].tolist(),
+                            level.log_probs[start:end].tolist(),
+                            backoffs[start:end].tolist(),
+                        ):
+                            name = EOS if word == SENTENCE_ID else self.symbols[word]
+                            if bow != 0.0:
+                                f.write(f"{lp / LN10:.7g}\t{names}{name}\t{bow:.7g}\n")
+                            else:
+                                f.write(f"{lp / LN10:.7g}\t{names}{name}\n")
+                f.write("\n\\end\\\n")
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     def _context_names(self, ids: tuple[int, ...]) -> list[str]:
         return [BOS if i == SENTENCE_ID else self.symbols[i] for i in ids]
@@ -422,18 +433,18 @@ class NgramLM:
             raise FileNotFoundError(f"{path}: no such ARPA file")
         symbols = ["<blk>", "<sos/eos>", UNK]
         in_unigrams = False
-        with open_text(path, "r") as f:
-            for line in f:
-                line = line.strip()
-                if line.startswith("\\"):
-                    if in_unigrams:
-                        break
-                    in_unigrams = line == "\\1-grams:"
-                    continue
-                if in_unigrams and line:
-                    name = line.split()[1]
-                    if name not in (BOS, EOS, UNK):
-                        symbols.append(name)
+        for line_no, line in _arpa_lines(path):
+            if line.startswith("\\"):
+                if in_unigrams:
+                    break
+                in_unigrams = line == "\\1-grams:"
+                continue
+            if in_unigrams:
+                fields = line.split()
+                if len(fields) < 2:
+                    raise ValueError(f"{path}:{line_no}: expected a log10 prob and a word")
+                if fields[1] not in (BOS, EOS, UNK):
+                    symbols.append(fields[1])
         return cls.load_arpa(path, symbols)
 
     @classmethod
@@ -451,54 +462,56 @@ class NgramLM:
         entries: list[tuple[list[int], list[int], list[float]]] = []  # per order: contexts, words, ln p
         backoffs: list[tuple[list[int], list[float]]] = []  # per order: n-gram code, ln bow
         n = 0
-        with open_text(path, "r") as f:
-            for line_no, line in enumerate(f, start=1):
-                line = line.strip()
-                if not line:
-                    continue
-                if line.startswith("\\"):
-                    if line == "\\end\\":
-                        break
-                    if line.endswith("-grams:"):
-                        n = int(line[1:].split("-")[0])
-                        if n != len(entries) + 1:
-                            raise ValueError(f"{path}:{line_no}: section {line} out of order")
-                        _check_code_range(vocab_size, n)
-                        entries.append(([], [], []))
-                        backoffs.append(([], []))
-                    continue
-                if n == 0:
-                    if line.startswith("ngram "):
-                        order, count = line[6:].split("=")
-                        declared[int(order)] = int(count)
-                    continue
-                fields = line.split()
-                if len(fields) not in (n + 1, n + 2):
-                    raise ValueError(f"{path}:{line_no}: expected {n} tokens, a log10 prob and maybe a backoff")
-                code = 0
-                for position, name in enumerate(fields[1 : n + 1]):
-                    token = ids.get(name)
-                    if token is None:
-                        if name == BOS and position == 0 or name == EOS and position == n - 1:
-                            token = SENTENCE_ID
-                        else:
-                            raise ValueError(f"{path}:{line_no}: token {name!r} is not in the symbol table")
-                    code = code * vocab_size + token
-                if len(fields) == n + 2 and fields[n] != EOS:  # </s> is never a context
-                    backoffs[-1][0].append(code)
-                    backoffs[-1][1].append(float(fields[n + 1]) * LN10)
-                if n == 1 and fields[1] == BOS:
-                    continue  # <s> is never predicted: its line only carries its backoff weight
-                contexts, words, log_probs = entries[-1]
-                contexts.append(code // vocab_size)
-                words.append(code % vocab_size)
-                log_probs.append(float(fields[0]) * LN10)
+        section_lines: list[int] = []  # n-gram lines per section, against the header's counts
+        ended = False
+        for line_no, line in _arpa_lines(path):
+            if line.startswith("\\"):
+                if line == "\\end\\":
+                    ended = True
+                    break
+                if line.endswith("-grams:"):
+                    n = int(line[1:].split("-")[0])
+                    if n != len(entries) + 1:
+                        raise ValueError(f"{path}:{line_no}: section {line} out of order")
+                    _check_code_range(vocab_size, n)
+                    entries.append(([], [], []))
+                    backoffs.append(([], []))
+                    section_lines.append(0)
+                continue
+            if n == 0:
+                if line.startswith("ngram "):
+                    order, _, count = line[6:].partition("=")
+                    if not (order.strip().isdigit() and count.strip().isdigit()):
+                        raise ValueError(f"{path}:{line_no}: expected 'ngram N=count', got {line!r}")
+                    declared[int(order)] = int(count)
+                continue
+            section_lines[-1] += 1
+            fields = line.split()
+            if len(fields) not in (n + 1, n + 2):
+                raise ValueError(f"{path}:{line_no}: expected {n} tokens, a log10 prob and maybe a backoff")
+            code = 0
+            for position, name in enumerate(fields[1 : n + 1]):
+                token = ids.get(name)
+                if token is None:
+                    if name == BOS and position == 0 or name == EOS and position == n - 1:
+                        token = SENTENCE_ID
+                    else:
+                        raise ValueError(f"{path}:{line_no}: token {name!r} is not in the symbol table")
+                code = code * vocab_size + token
+            if len(fields) == n + 2 and fields[n] != EOS:  # </s> is never a context
+                backoffs[-1][0].append(code)
+                backoffs[-1][1].append(float(fields[n + 1]) * LN10)
+            if n == 1 and fields[1] == BOS:
+                continue  # <s> is never predicted: its line only carries its backoff weight
+            contexts, words, log_probs = entries[-1]
+            contexts.append(code // vocab_size)
+            words.append(code % vocab_size)
+            log_probs.append(float(fields[0]) * LN10)
         if not entries:
             raise ValueError(f"{path}: no n-gram sections (is it an ARPA file?)")
-        for order, count in declared.items():
-            found = len(entries[order - 1][1]) + (order == 1) if order <= len(entries) else 0
-            if found != count:
-                log.warning("%s: header declares %d %d-grams, found %d", path, count, order, found)
+        if not ended:
+            raise ValueError(f"{path}: ends without the \\end\\ line (truncated?)")
+        _check_arpa_counts(path, declared, section_lines)
         orders = []
         for k, (contexts, words, log_probs) in enumerate(entries):
             # backoff weights of (k)-grams belong to the contexts of order k + 1
@@ -515,6 +528,47 @@ class NgramLM:
         model = cls(len(entries), symbol_table, orders)
         log.info("loaded %s: %s n-grams in %.1f s", path, model.num_ngrams, time.perf_counter() - started)
         return model
+
+
+def _arpa_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, stripped line) of the non-empty lines of an ARPA file; a torn gzip or a file that
+    is not text is a ValueError naming the file and the line where reading stopped."""
+    line_no = 0
+    try:
+        with open_text(path, "r") as f:
+            for line_no, line in enumerate(f, start=1):
+                line = line.strip()
+                if line:
+                    yield line_no, line
+    except EOFError:
+        raise ValueError(f"{path}: truncated gzip file (it ends inside line {line_no + 1})") from None
+    except (zlib.error, gzip.BadGzipFile) as error:
+        raise ValueError(f"{path}: corrupt gzip data after line {line_no}: {error}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}:{line_no + 1}: not UTF-8 text (is it an ARPA file?)") from None
+
+
+def _check_arpa_counts(path: Path, declared: dict[int, int], section_lines: list[int]) -> None:
+    """The ``ngram N=count`` header must list exactly the file's sections, each with its line count:
+    a mismatch means a torn or hand-edited file, which would otherwise decode with wrong probabilities
+    or a lower order than the user asked for."""
+    if not declared:
+        raise ValueError(f"{path}: no 'ngram N=count' lines in the \\data\\ header")
+    for order in sorted(set(declared) | set(range(1, len(section_lines) + 1))):
+        count = declared.get(order)
+        found = section_lines[order - 1] if order <= len(section_lines) else None
+        if count is None:
+            raise ValueError(
+                f"{path}: the header declares no count of {order}-grams but the file has a section of {found}"
+            )
+        if found is None:
+            raise ValueError(
+                f"{path}: the header declares {count} {order}-grams but the file has no \\{order}-grams: section"
+            )
+        if found != count:
+            raise ValueError(
+                f"{path}: the header declares {count} {order}-grams, the \\{order}-grams: section has {found}"
+            )
 
 
 def _check_symbols(symbols: Sequence[str]) -> None:

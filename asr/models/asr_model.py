@@ -1,4 +1,5 @@
-"""Encoder + transducer and/or CTC heads, trained with the pruned RNN-T loss (k2 semantics) and CTC."""
+"""Encoder + transducer, CTC and/or attention-decoder heads, trained with the pruned RNN-T loss (k2 semantics),
+CTC and the label-smoothed attention-decoder loss."""
 
 from __future__ import annotations
 
@@ -10,11 +11,14 @@ from torch import nn
 
 import asr.losses as asr_losses
 from asr.encoders.base import Encoder
+from asr.models.aed import SOS_EOS_ID, AttentionDecoder
 from asr.models.ctc import CtcHead
 from asr.models.label_encoder import LabelEncoder
 from asr.models.transducer import Decoder, Joiner, scaled_linear
 
-HEADS = ("transducer", "ctc")
+HEADS = ("transducer", "ctc", "aed")
+# What a model gets when no heads are named.
+DEFAULT_HEADS = ("transducer", "ctc")
 DECODER_TYPES = ("stateless", "label_encoder")
 
 
@@ -30,6 +34,7 @@ class AsrLosses(NamedTuple):
     simple: torch.Tensor | None
     pruned: torch.Tensor | None
     ctc: torch.Tensor | None
+    aed: torch.Tensor | None = None
 
 
 def pad_tokens(
@@ -50,13 +55,13 @@ def pad_tokens(
 
 
 class AsrModel(nn.Module):
-    """An encoder with a pruned-RNN-T transducer head and/or a CTC head.
+    """An encoder with any of: a pruned-RNN-T transducer head, a CTC head, an attention decoder (AED).
 
     Args:
         encoder: an :class:`asr.encoders.Encoder`: ``forward(x, x_lens) -> (y, y_lens)`` on
             ``(N, T, F) -> (N, T', C)``, ``output_lengths`` and ``output_dim`` equal to ``C``.
         vocab_size: output symbols including blank (id ``blank_id``).
-        heads: any non-empty subset of ``("transducer", "ctc")``.
+        heads: any non-empty subset of ``("transducer", "ctc", "aed")``.
         decoder_dim: stateless decoder dimension.
         joiner_dim: joiner hidden dimension.
         context_size: decoder context (previous tokens).
@@ -64,19 +69,32 @@ class AsrModel(nn.Module):
         ctc_dropout: dropout before the CTC projection.
         decoder_type: the transducer's prediction network: ``"stateless"`` (icefall's embedding + conv)
             or ``"label_encoder"`` (Transformer-Transducer's transformer over the last labels).
+        aed_dim / aed_layers / aed_heads / aed_feedforward_dim / aed_dropout: the attention decoder
+            (:class:`asr.models.aed.AttentionDecoder`; icefall's default sizes).
+        label_smoothing: ε of the attention-decoder loss.
+        relax_cross: γ of the attention decoder's relaxed cross-attention (training only).
+        sos_eos_id: the attention decoder's start/end id (the tokenizers' ``<sos/eos>``, 1).
     """
 
     def __init__(
         self,
         encoder: Encoder,
         vocab_size: int,
-        heads: Sequence[str] = HEADS,
+        heads: Sequence[str] = DEFAULT_HEADS,
         decoder_dim: int = 512,
         joiner_dim: int = 512,
         context_size: int = 2,
         blank_id: int = 0,
         ctc_dropout: float = 0.1,
         decoder_type: str = "stateless",
+        aed_dim: int = 512,
+        aed_layers: int = 6,
+        aed_heads: int = 8,
+        aed_feedforward_dim: int = 2048,
+        aed_dropout: float = 0.1,
+        label_smoothing: float = 0.1,
+        relax_cross: float = 0.0,
+        sos_eos_id: int = SOS_EOS_ID,
     ):
         super().__init__()
         heads = tuple(heads)
@@ -103,6 +121,19 @@ class AsrModel(nn.Module):
             self.simple_lm_proj = scaled_linear(decoder_dim, vocab_size, initial_scale=0.25)
         if "ctc" in heads:
             self.ctc_output = CtcHead(encoder_dim, vocab_size, dropout=ctc_dropout)
+        if "aed" in heads:
+            self.attention_decoder = AttentionDecoder(
+                vocab_size,
+                encoder_dim,
+                dim=aed_dim,
+                num_layers=aed_layers,
+                num_heads=aed_heads,
+                feedforward_dim=aed_feedforward_dim,
+                dropout=aed_dropout,
+                sos_eos_id=sos_eos_id,
+                label_smoothing=label_smoothing,
+                relax_cross=relax_cross,
+            )
 
     @property
     def has_transducer(self) -> bool:
@@ -111,6 +142,10 @@ class AsrModel(nn.Module):
     @property
     def has_ctc(self) -> bool:
         return "ctc" in self.heads
+
+    @property
+    def has_aed(self) -> bool:
+        return "aed" in self.heads
 
     def encode(self, x: torch.Tensor, x_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Features ``(N, T, F)``, lengths ``(N,)`` -> encoder output ``(N, T', C)``, lengths ``(N,)``."""
@@ -196,6 +231,12 @@ class AsrModel(nn.Module):
         """CTC loss summed over the batch; targets ``(N, S)`` zero-padded."""
         return asr_losses.ctc_loss(self.ctc_log_probs(enc_out), targets, enc_lens, target_lens, reduction="sum")
 
+    def forward_aed(
+        self, enc_out: torch.Tensor, enc_lens: torch.Tensor, targets: torch.Tensor, target_lens: torch.Tensor
+    ) -> torch.Tensor:
+        """Label-smoothed attention-decoder loss summed over the batch; targets ``(N, S)`` zero-padded."""
+        return self.attention_decoder.loss(enc_out, enc_lens, targets, target_lens)
+
     def forward(
         self,
         x: torch.Tensor,
@@ -217,11 +258,13 @@ class AsrModel(nn.Module):
         enc_out, enc_lens = self.encode(x, x_lens)
         targets, target_lens = pad_tokens(tokens, self.vocab_size, self.blank_id)
         targets, target_lens = targets.to(x.device), target_lens.to(x.device)
-        simple = pruned = ctc = None
+        simple = pruned = ctc = aed = None
         if self.has_transducer:
             simple, pruned = self.forward_transducer(
                 enc_out, enc_lens, targets, target_lens, prune_range, am_scale, lm_scale
             )
         if self.has_ctc:
             ctc = self.forward_ctc(enc_out, enc_lens, targets, target_lens)
-        return AsrLosses(simple, pruned, ctc)
+        if self.has_aed:
+            aed = self.forward_aed(enc_out, enc_lens, targets, target_lens)
+        return AsrLosses(simple, pruned, ctc, aed)

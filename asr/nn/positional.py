@@ -59,8 +59,12 @@ class CompactRelPositionalEncoding(nn.Module):
             self.pe = self.pe.to(dtype=x.dtype, device=x.device)
             return
         # Row i of the table encodes offset i - (T - 1).
-        offsets = torch.arange(-(T - 1), T, device=x.device).to(torch.float32).unsqueeze(1)
-        freqs = 1 + torch.arange(self.embed_dim // 2, device=x.device)
+        self.pe = self._encode(torch.arange(-(T - 1), T, device=x.device)).to(dtype=x.dtype)
+
+    def _encode(self, offsets: Tensor) -> Tensor:
+        """Integer offsets ``(K,)`` -> their encodings ``(K, D)``."""
+        offsets = offsets.to(torch.float32).unsqueeze(1)
+        freqs = 1 + torch.arange(self.embed_dim // 2, device=offsets.device)
         compression_length = self.embed_dim**0.5
         compressed = (
             compression_length
@@ -69,11 +73,10 @@ class CompactRelPositionalEncoding(nn.Module):
         )
         length_scale = self.length_factor * self.embed_dim / (2.0 * math.pi)
         angle = (compressed / length_scale).atan()
-        pe = torch.zeros(offsets.shape[0], self.embed_dim, device=x.device)
-        pe[:, 0::2] = (angle * freqs).cos()
-        pe[:, 1::2] = (angle * freqs).sin()
-        pe[:, -1] = 1.0
-        self.pe = pe.to(dtype=x.dtype)
+        angles = angle * freqs
+        # Interleaved cos/sin, then the last channel set to 1 (it would hold the last sin).
+        pe = torch.stack((angles.cos(), angles.sin()), dim=-1).reshape(offsets.shape[0], self.embed_dim)
+        return torch.cat((pe[:, :-1], torch.ones_like(pe[:, -1:])), dim=-1)
 
     def forward(self, x: Tensor, left_context_len: int = 0) -> Tensor:
         """Encodings for a sequence of length ``T = x.size(0)`` (x is (T, N, *); only its
@@ -83,6 +86,11 @@ class CompactRelPositionalEncoding(nn.Module):
         ``j - (left_context_len + T - 1)``, i.e. offsets ``-(left_context_len + T - 1)``
         up to ``T - 1``.
         """
+        if torch.jit.is_tracing():
+            # In an exported graph the length is dynamic: compute the rows it needs instead of slicing a
+            # table whose size the trace would fix.
+            offsets = torch.arange(-(x.size(0) + left_context_len - 1), x.size(0), device=x.device)
+            return self.dropout(self._encode(offsets).to(dtype=x.dtype).unsqueeze(0))
         self.extend_pe(x, left_context_len)
         centre = self.pe.size(0) // 2  # row of offset 0
         pos_emb = self.pe[centre - (x.size(0) + left_context_len) + 1 : centre + x.size(0)]

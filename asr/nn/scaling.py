@@ -884,13 +884,12 @@ class ChunkCausalDepthwiseConv1d(nn.Module):
         """Per-position scale of the chunkwise conv output, shape (C, chunk_size)."""
         left_edge = self.chunkwise_conv_scale[0]
         right_edge = self.chunkwise_conv_scale[1]
-        if chunk_size < self.kernel_size:
-            left_edge = left_edge[:, :chunk_size]
-            right_edge = right_edge[:, -chunk_size:]
-        else:
-            pad = left_edge.new_zeros(left_edge.shape[0], chunk_size - self.kernel_size)
-            left_edge = torch.cat((left_edge, pad), dim=-1)
-            right_edge = torch.cat((pad, right_edge), dim=-1)
+        # Zero-extended by chunk_size, then cut to chunk_size: the edges cut short when the chunk is shorter
+        # than the kernel, zero-padded when longer. No branch on chunk_size, so a traced (ONNX) graph whose
+        # chunk is its dynamic length is right for every length.
+        pad = left_edge.new_zeros(left_edge.shape[0], chunk_size)
+        left_edge = torch.cat((left_edge, pad), dim=-1)[:, :chunk_size]
+        right_edge = torch.cat((pad, right_edge), dim=-1)[:, -chunk_size:]
         return 1.0 + (left_edge + right_edge)
 
     def streaming_forward(self, x: Tensor, cache: Tensor) -> tuple[Tensor, Tensor]:

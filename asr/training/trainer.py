@@ -68,10 +68,12 @@ class TrainConfig:
     am_scale: float = 0.0
     simple_loss_scale: float = 0.5
     ctc_loss_scale: float = 0.2
+    aed_loss_scale: float = 0.8
     warm_step: int = 2000
     seed: int = 42
     save_every_n: int = 2000
     keep_last_k: int = 5
+    keep_last_epochs: int = 0  # epoch-<n>.pt files kept (the newest); 0 keeps them all
     average_period: int = 200
     log_interval: int = 20
     amp: str = "auto"  # "auto" (bf16 on GPUs that have it, else fp16; off on CPU), "bf16", "fp16", "off"
@@ -111,6 +113,7 @@ class TrainState:
     batch_idx_train: int = 0  # batches trained on in total
     best_valid_loss: float = math.inf
     skipped_batches: int = 0  # non-finite loss or gradients
+    skipped_cuts: int = 0  # cuts whose audio or features could not be loaded (this process's share)
 
 
 def scheduled_modules(model: nn.Module) -> list[nn.Module]:
@@ -242,14 +245,15 @@ class Trainer:
             path = ckpt.save_atomic(self.checkpoint_dict(rng_states), self.exp_dir / name)
             log.info("saved %s", path)
             ckpt.remove_old_batch_checkpoints(self.exp_dir, self.config.keep_last_k)
+            ckpt.remove_old_epoch_checkpoints(self.exp_dir, self.config.keep_last_epochs)
         dist_utils.barrier(self.world)
 
     def resume(self) -> bool:
         """Load the newest checkpoint in exp_dir, if any. Returns whether it did."""
-        path = ckpt.newest_checkpoint(self.exp_dir)
-        if path is None:
+        found = ckpt.newest_readable_checkpoint(self.exp_dir)  # a torn newest file is skipped, with a warning
+        if found is None:
             return False
-        saved = ckpt.load(path)
+        path, saved = found
         self.model.load_state_dict(saved["model"])
         if self.model_avg is not None and saved["model_avg"] is not None:
             self.model_avg.load_state_dict(saved["model_avg"])
@@ -301,6 +305,7 @@ class Trainer:
                 warm_step=config.warm_step,
                 simple_loss_scale=config.simple_loss_scale,
                 ctc_loss_scale=config.ctc_loss_scale,
+                aed_loss_scale=config.aed_loss_scale,
             )
         # Per-frame values for logging, like icefall (frames after subsampling).
         frames = float(sum(self.model.encoder_output_lengths(feature_lens).tolist()))
@@ -417,7 +422,10 @@ class Trainer:
             dynamic_ncols=True,
             initial=self.state.batch_in_epoch,
         )
+        skipped_cuts_before = self.state.skipped_cuts
         for batch in progress:
+            # The loader counts the cuts it could not load, those of batches it dropped whole included.
+            self.state.skipped_cuts = skipped_cuts_before + getattr(batches, "num_skipped", 0)
             stats = self.train_step(batch)
             self.state.batch_in_epoch += 1
             self.state.batch_idx_train += 1
@@ -454,6 +462,7 @@ class Trainer:
                 progress.close()
                 return True
         progress.close()
+        self.state.skipped_cuts = skipped_cuts_before + getattr(batches, "num_skipped", 0)
         return False
 
 

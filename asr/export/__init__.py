@@ -1,0 +1,22 @@
+"""Export to ONNX in the layout sherpa-onnx reads, and onnxruntime sessions of an export.
+
+What exports (``asr export onnx``, :func:`export_onnx`):
+
+* Zipformer transducers (every ``zipformer-*`` preset, icefall checkpoints converted by ``asr convert
+  icefall`` included), offline (full context) and, for models built causal, streaming with explicit
+  caches: ``encoder.onnx``, ``decoder.onnx``, ``joiner.onnx`` and ``tokens.txt``, plus ``*.int8.onnx``
+  with ``--int8``. sherpa-onnx loads them with ``OnlineRecognizer.from_transducer`` (streaming) and
+  ``OfflineRecognizer.from_transducer`` (offline). A causal model exports offline too (it then runs with
+  full context, as ``asr decode`` without ``--chunk-size``).
+* Zipformer CTC models (``--head ctc``, offline only): one ``model.onnx`` and ``tokens.txt`` for
+  ``OfflineRecognizer.from_zipformer_ctc``.
+
+What does not: the Conformer, Efficient Conformer and Transformer encoders, the Transformer-Transducer's
+label-encoder prediction network, and streaming CTC; the command refuses them before writing anything.
+"""
+
+from __future__ import annotations
+
+from asr.export.onnx import ExportError, ExportResult, export_onnx
+
+__all__ = ["ExportError", "ExportResult", "export_onnx"]
