@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-EXTRAS ?= dev,synth,triton,export
+EXTRAS ?= dev,synth,triton,export,serve
 PYTEST_ARGS ?=
 
 .PHONY: setup system-deps demo test test-slow bench lint clean

@@ -108,3 +108,20 @@ def test_a_method_without_its_head_is_a_clear_error(setup, tmp_path, capsys):
         cli.main(["decode", "--checkpoint", str(path), "--method", "attention_beam_search", str(setup["wav"])])
     assert exit_info.value.code == 2
     assert "method attention_beam_search needs the aed heads; this model has" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method, options", [("edatt", ["--alpha", "0.3"]), ("alignatt", ["--align-frames", "3"])])
+def test_simultaneous_methods_through_asr_decode(setup, capsys, method, options):
+    from asr.decoding.simultaneous import AlignAttPolicy, EDAttPolicy, simultaneous_decode
+
+    model = setup["model"]
+    features = compute_fbank(sf.read(setup["wav"], dtype="float32")[0], 16000)
+    layer = model.attention_decoder.num_layers - 1  # the 4th layer, or the last of a shallower decoder
+    policy = EDAttPolicy(0.3, 2, layer) if method == "edatt" else AlignAttPolicy(3, layer)
+    expected = simultaneous_decode(model, features, policy, 160.0, final_beam=4, tokenizer=setup["tokenizer"])
+    capsys.readouterr()
+    argv = ["decode", "--checkpoint", str(setup["checkpoint"]), "--method", method, "--step-ms", "160", *options]
+    assert cli.main([*argv, str(setup["wav"])]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split("\t", 1)[1] == expected.text and expected.text
+    assert out[-1].startswith("latency (ms): AL ") and "LAAL_CA" in out[-1]

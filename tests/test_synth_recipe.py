@@ -49,6 +49,8 @@ def test_synth_recipe_end_to_end(tmp_path):
         "0.25",
         "--speed-perturb",
         "one-of",
+        "--real-speech",  # 22 minutes of real prompts: `asr data real-speech` is tested on its own
+        "0",
     ]
     run = subprocess.run(["bash", str(REPO / "recipes/synth/run.sh"), *args], capture_output=True, text=True, env=env)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]

@@ -17,6 +17,10 @@ COMMANDS: dict[str, tuple[str, str] | dict[str, tuple[str, str]]] = {
         "prepare": ("asr.cli.data:prepare", "make lhotse manifests of a corpus (librispeech, aishell, musan)"),
         "fbank": ("asr.cli.data:fbank", "compute and store 80-dim fbank features for a CutSet"),
         "tokenizer": ("asr.cli.data:tokenizer", "train a BPE model or build a character table"),
+        "real-speech": (
+            "asr.cli.data:real_speech",
+            "manifest of real recorded speech, for evaluation only",
+        ),
     },
     "train": ("asr.cli.train:main", "train a model (ScaledAdam + Eden; DDP under torchrun)"),
     "decode": ("asr.cli.decode:main", "recognise audio files or a CutSet with a trained model"),
@@ -29,6 +33,8 @@ COMMANDS: dict[str, tuple[str, str] | dict[str, tuple[str, str]]] = {
         "train": ("asr.cli.lm:train", "train a token (or word) n-gram LM, written as ARPA"),
     },
     "wer": ("asr.cli.wer:main", "word error rate of hypotheses against references"),
+    "serve": ("asr.cli.serve:main", "websocket server for streaming recognition, with a browser microphone page"),
+    "client": ("asr.cli.client:main", "stream an audio file to an `asr serve` server and print its segments"),
     "export": {"onnx": ("asr.cli.export:onnx", "write a Zipformer model as ONNX files that sherpa-onnx runs")},
 }
 

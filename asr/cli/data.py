@@ -282,3 +282,23 @@ def tokenizer(argv: list[str] | None = None) -> int:
         num_lines,
     )
     return 0
+
+
+def real_speech(argv: list[str] | None = None) -> int:
+    parser = make_parser(
+        "data real-speech",
+        "Manifest of real human speech for evaluation only: the Asterisk telephony prompts (one US English "
+        "speaker, read, 16 kHz G.722; Debian packages asterisk-core-sounds-en and -en-g722, CC-BY-SA-3.0).",
+    )
+    parser.add_argument("--out-dir", type=Path, required=True, help="where audio/ and asterisk_cuts.jsonl.gz go")
+    args = parse(parser, argv)
+    from asr.data.real_speech import RealSpeechMissingError, asterisk_prompts_cuts
+
+    try:
+        cuts = asterisk_prompts_cuts(args.out_dir)
+    except RealSpeechMissingError as error:
+        print(f"asr data real-speech: {error}", file=sys.stderr)
+        return 1
+    seconds = sum(c.duration for c in cuts)
+    log.info("wrote %s: %d prompts, %.1f min", args.out_dir / "asterisk_cuts.jsonl.gz", len(cuts), seconds / 60)
+    return 0

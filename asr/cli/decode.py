@@ -29,6 +29,7 @@ from asr.inference.options import (
     DEFAULT_WORD_LM_SCALE,
     METHODS,
     SCORER_METHODS,
+    SIMULTANEOUS_METHODS,
 )
 
 log = logging.getLogger("asr.decode")
@@ -151,10 +152,43 @@ def build_parser():
         default=1.0,
         help="attention_rescoring: weight of the transducer score of the n-best (--beam) hypotheses",
     )
+    parser.add_argument(
+        "--step-ms", type=float, default=200.0, help="edatt/alignatt: audio (ms) that arrives between decoding steps"
+    )
+    parser.add_argument(
+        "--alpha",
+        type=float,
+        default=0.6,
+        help="edatt: a token waits while its cross-attention on the last --lambda-frames frames is >= alpha",
+    )
+    parser.add_argument("--lambda-frames", type=int, default=2, help="edatt: the last encoder frames watched")
+    parser.add_argument(
+        "--align-frames",
+        type=int,
+        default=4,
+        help="alignatt: a token waits while its most-attended encoder frame is among the last F",
+    )
     parser.add_argument("--max-frames", type=int, default=30000, help="fbank frames (10 ms) per padded batch")
     parser.add_argument("--num-threads", type=int, default=None, help="CPU threads (default: torch's)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, or auto (the GPU when there is one)")
     return parser
+
+
+def latency_summary(emissions: dict, references: dict[str, str], seconds: dict[str, float]) -> str:
+    """SimulEval's AL, LAAL, AP, DAL and their computation-aware variants over the utterances, in ms."""
+    from asr.metrics.latency import UtteranceTiming, corpus_latency_scores
+
+    timings = [
+        UtteranceTiming(
+            res.word_emission_ms,
+            1000 * seconds[uid],
+            len(references[uid].split()) if uid in references else None,
+            res.word_elapsed_ms,
+        )
+        for uid, res in emissions.items()
+    ]
+    scores = corpus_latency_scores(timings)
+    return "latency (ms): " + ", ".join(f"{k} {v:.0f}" if k[:2] != "AP" else f"{k} {v:.3f}" for k, v in scores.items())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -192,6 +226,10 @@ def main(argv: list[str] | None = None) -> int:
             word_bonus=args.word_bonus,
             ctc_weight=args.ctc_weight,
             first_pass_weight=args.first_pass_weight,
+            step_ms=args.step_ms,
+            alpha=args.alpha,
+            lambda_frames=args.lambda_frames,
+            align_frames=args.align_frames,
         )
     except ValueError as error:  # "beam must be ..." -> "--beam must be ..."
         option, _, message = str(error).partition(" ")
@@ -203,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     from asr.device import resolve_device
     from asr.inference.offline import utterances_from_cuts, utterances_from_files
     from asr.inference.recognizer import Recognizer
+    from asr.inference.result import Result
 
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
@@ -229,7 +268,14 @@ def main(argv: list[str] | None = None) -> int:
         utterances = utterances_from_cuts(args.cuts, errors) if args.cuts else utterances_from_files(args.audio, errors)
     except ManifestError as error:
         raise SystemExit(f"asr decode: {error}") from None
-    result = recognizer.decode(utterances, errors, on_result=lambda uid, res: print(f"{uid}\t{res.text}", flush=True))
+    emissions: dict[str, Result] = {}  # simultaneous methods: when each word came out
+
+    def on_result(uid: str, res: Result) -> None:
+        print(f"{uid}\t{res.text}", flush=True)
+        if args.method in SIMULTANEOUS_METHODS:
+            emissions[uid] = res
+
+    result = recognizer.decode(utterances, errors, on_result=on_result)
     print(
         f"decoded {len(result.hypotheses)} utterances, {result.audio_seconds:.1f} s of audio, "
         f"real-time factor {result.real_time_factor:.3f}",
@@ -255,7 +301,14 @@ def main(argv: list[str] | None = None) -> int:
             table = format_group_table(wer_by_group(wer, result.speakers))
             (results_dir / "wer_by_speaker.txt").write_text(table + "\n", encoding="utf-8")
             log.info("error rate per speaker in %s", results_dir / "wer_by_speaker.txt")
+        if emissions:
+            with open(results_dir / "emissions.txt", "w", encoding="utf-8") as f:
+                for uid, res in emissions.items():
+                    timed = " ".join(f"{w.word}@{ms:.0f}" for w, ms in zip(res.words, res.word_emission_ms))
+                    f.write(f"{uid}\t{timed}\n")
         print(wer.summary_line())
+    if emissions:
+        print(latency_summary(emissions, result.references, result.audio_seconds_by_id))
     if errors:
         print(f"{len(errors)} input(s) could not be decoded:", file=sys.stderr)
         for message in errors:

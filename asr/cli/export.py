@@ -96,4 +96,9 @@ def onnx(argv: list[str] | None = None) -> int:
         "torch vs onnxruntime, max abs difference: "
         + ", ".join(f"{name} {value:.2g}" for name, value in result.max_abs_diff.items())
     )
+    if result.int8_max_abs_diff:
+        print(
+            "torch vs int8 onnxruntime, max abs difference: "
+            + ", ".join(f"{name} {value:.2g}" for name, value in result.int8_max_abs_diff.items())
+        )
     return 0

@@ -12,7 +12,8 @@ What exports (``asr export onnx``, :func:`export_onnx`):
   ``OfflineRecognizer.from_zipformer_ctc``.
 
 What does not: the Conformer, Efficient Conformer and Transformer encoders, the Transformer-Transducer's
-label-encoder prediction network, and streaming CTC; the command refuses them before writing anything.
+label-encoder prediction network, the attention-decoder (AED) head (a model that also has a transducer or
+CTC head exports that head) and streaming CTC; the command refuses them before writing anything.
 """
 
 from __future__ import annotations

@@ -44,7 +44,6 @@ from torch import Tensor, nn
 
 from asr.encoders.zipformer import STATES_PER_LAYER, ZipformerEncoder
 from asr.models import AsrModel
-from asr.models.asr_model import HEADS
 from asr.models.transducer import Decoder
 
 log = logging.getLogger("asr.export")
@@ -58,6 +57,8 @@ SHERPA_EMBED_FRAMES = 3
 # Default torch-vs-onnxruntime tolerance of the export check: max abs difference, relative to the
 # largest magnitude of the torch output where that exceeds 1.
 DEFAULT_TOLERANCE = 1e-4
+# The heads sherpa-onnx has a layout for (an attention decoder has none).
+HEADS = ("transducer", "ctc")
 
 
 class ExportError(ValueError):
@@ -202,7 +203,7 @@ def add_metadata(path: Path, metadata: dict[str, str]) -> None:
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
-    """The metadata of an ONNX file (as onnxruntime reports it)."""
+    """The ``metadata_props`` of an ONNX file, as a dict."""
     import onnx
 
     return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
@@ -218,7 +219,7 @@ def _check_exportable(model: AsrModel, head: str, streaming: bool) -> None:
             f"the {name} encoder ({type(encoder).__name__}) does not export to ONNX; only Zipformer models do"
         )
     if head not in HEADS:
-        raise ExportError(f"head must be one of {HEADS}, got {head!r}")
+        raise ExportError(f"head must be one of {HEADS} (sherpa-onnx's layouts), got {head!r}")
     if head not in model.heads:
         raise ExportError(f"the model has no {head} head (it has {', '.join(model.heads)})")
     if getattr(model, "tokenizer", None) is None:
@@ -390,7 +391,7 @@ def export_onnx(
             (nothing moved into ``out_dir``) when onnxruntime and torch disagree.
     """
     _require_onnx()
-    head = head or ("transducer" if "transducer" in model.heads else "ctc")
+    head = head or next((h for h in HEADS if h in model.heads), "transducer")
     if not streaming and (chunk_size is not None or left_context_frames is not None):
         raise ExportError("--chunk-size and --left-context-frames need --streaming")
     _check_exportable(model, head, streaming)

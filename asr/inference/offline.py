@@ -156,6 +156,8 @@ def check_model_fits(model: AsrModel, options: DecodingOptions) -> None:
         "ctc_prefix_beam_search": ("ctc",),
         "attention_beam_search": ("aed",),
         "attention_rescoring": ("transducer", "aed"),
+        "edatt": ("aed",),
+        "alignatt": ("aed",),
     }[method]
     if options.ctc_weight > 0 and method.startswith("attention"):
         wanted += ("ctc",)
@@ -231,6 +233,7 @@ class DecodeResult:
     audio_seconds: float
     compute_seconds: float
     speakers: dict[str, str] = field(default_factory=dict)  # id -> speaker, where the input names one
+    audio_seconds_by_id: dict[str, float] = field(default_factory=dict)
 
     @property
     def real_time_factor(self) -> float:

@@ -14,7 +14,11 @@ METHODS = (
     "ctc_prefix_beam_search",
     "attention_beam_search",
     "attention_rescoring",
+    "edatt",
+    "alignatt",
 )
+# Simultaneous policies on the attention decoder: decode as audio arrives, commit words by policy.
+SIMULTANEOUS_METHODS = ("edatt", "alignatt")
 # The methods the token LM, lexicon and word LM scorers plug into.
 SCORER_METHODS = ("modified_beam_search", "attention_beam_search")
 DEFAULT_LM_SCALE = 0.5  # best on the synth dev set
@@ -44,6 +48,10 @@ class DecodingOptions:
             ``attention_beam_search``, the CTC log-likelihood term in ``attention_rescoring``.
         first_pass_weight: in ``attention_rescoring`` (an n-best list of ``beam`` transducer hypotheses
             from modified beam search, rescored by the attention decoder), the weight of their transducer score.
+        step_ms, alpha, lambda_frames, align_frames: the simultaneous methods (:mod:`asr.decoding.simultaneous`):
+            every ``step_ms`` of audio, ``edatt`` commits the tokens before the first whose cross-attention
+            mass on the last ``lambda_frames`` encoder frames is >= ``alpha``; ``alignatt`` those before the
+            first whose most-attended frame is among the last ``align_frames``. Whole words only.
     """
 
     method: str = "greedy"
@@ -61,6 +69,10 @@ class DecodingOptions:
     word_bonus: float = DEFAULT_WORD_BONUS
     ctc_weight: float = 0.0
     first_pass_weight: float = 1.0
+    step_ms: float = 200.0
+    alpha: float = 0.6
+    lambda_frames: int = 2
+    align_frames: int = 4
 
     def __post_init__(self) -> None:
         if isinstance(self.lexicon, str):  # one file given as a string, not its characters
@@ -86,6 +98,15 @@ class DecodingOptions:
         for name, given in beam_only.items():
             if given and self.method not in SCORER_METHODS:
                 raise ValueError(f"{name} needs method {' or '.join(SCORER_METHODS)} (got {self.method})")
+        if self.step_ms <= 0:
+            raise ValueError(f"step_ms must be > 0, got {self.step_ms}")
+        if self.alpha < 0:
+            raise ValueError(f"alpha must be >= 0, got {self.alpha}")
+        for name in ("lambda_frames", "align_frames"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.method in SIMULTANEOUS_METHODS and self.chunk_size is not None:
+            raise ValueError(f"chunk_size is for the transducer; method {self.method} steps by step_ms")
         if not 0.0 <= self.ctc_weight <= 1.0:
             raise ValueError(f"ctc_weight must be in [0, 1], got {self.ctc_weight}")
         if self.word_lm is not None and not self.lexicon:

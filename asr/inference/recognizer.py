@@ -33,8 +33,8 @@ from asr.inference.offline import (
     check_samples,
     decode_batches,
 )
-from asr.inference.options import DecodingOptions, build_scorers
-from asr.inference.result import Result, make_result
+from asr.inference.options import SIMULTANEOUS_METHODS, DecodingOptions, build_scorers
+from asr.inference.result import Result, WordTiming, make_result
 from asr.models import AsrModel
 from asr.streaming import is_streaming_encoder
 
@@ -176,6 +176,9 @@ class Recognizer:
         utterances are reported in ``errors`` (the message names them) and skipped."""
         pending: dict[str, list[tuple[_Segment, Hypothesis]]] = {}
         compute: dict[str, float] = {}
+        if self.options.method in SIMULTANEOUS_METHODS:
+            yield from self._simultaneous(utterances, errors)
+            return
         segments: dict[int, _Segment] = {}  # id() of a segment's Utterance -> where it lies in its parent
         for utt, hyp, seconds in decode_batches(
             self.model, self._segments(utterances, errors, segments), self.options, self.scorers, self.max_frames
@@ -203,6 +206,7 @@ class Recognizer:
         hyps: dict[str, str] = {}
         refs: dict[str, str] = {}
         speakers: dict[str, str] = {}
+        seconds_by_id: dict[str, float] = {}
         audio_seconds = compute_seconds = 0.0
         started = time.perf_counter()
         for utt, result, seconds in self.recognize(utterances, errors):
@@ -211,12 +215,46 @@ class Recognizer:
                 refs[utt.id] = utt.reference
             if utt.speaker is not None:
                 speakers[utt.id] = utt.speaker
-            audio_seconds += utt.features.size(0) * FRAME_SHIFT
+            seconds_by_id[utt.id] = utt.features.size(0) * FRAME_SHIFT
+            audio_seconds += seconds_by_id[utt.id]
             compute_seconds += seconds
             if on_result is not None:
                 on_result(utt.id, result)
         log.debug("decoded in %.1f s", time.perf_counter() - started)
-        return DecodeResult(hyps, refs, errors, audio_seconds, compute_seconds, speakers)
+        return DecodeResult(hyps, refs, errors, audio_seconds, compute_seconds, speakers, seconds_by_id)
+
+    def _simultaneous(
+        self, utterances: Iterable[Utterance], errors: list[str]
+    ) -> Iterator[tuple[Utterance, Result, float]]:
+        """EDAtt / AlignAtt, one utterance at a time as audio would arrive (:mod:`asr.decoding.simultaneous`)."""
+        from asr.decoding.simultaneous import AlignAttPolicy, EDAttPolicy, simultaneous_decode
+
+        options = self.options
+        # FBK's agents read the 4th decoder layer (index 3 of 6); a shallower decoder gives its last.
+        layer = min(3, self.model.attention_decoder.num_layers - 1)
+        if options.method == "edatt":
+            policy = EDAttPolicy(options.alpha, options.lambda_frames, layer)
+        else:
+            policy = AlignAttPolicy(options.align_frames, layer)
+        for utt in utterances:
+            if utt.features.size(0) < self.min_frames:
+                self._too_short(utt, errors)
+                continue
+            started = time.perf_counter()
+            out = simultaneous_decode(self.model, utt.features, policy, options.step_ms, final_beam=options.beam)
+            result = make_result(Hypothesis(out.tokens, [], 0.0), self.tokenizer, self.frame_seconds)
+            result.words = [WordTiming(word, None, None) for word in out.words]  # one per emission time
+            result.word_emission_ms, result.word_elapsed_ms = list(out.word_emission_ms), out.elapsed_ms
+            yield utt, result, time.perf_counter() - started
+
+    def _too_short(self, utt: Utterance, errors: list[str]) -> None:
+        num_frames = utt.features.size(0)
+        message = (
+            f"{utt.id}: too short to decode ({num_frames * FRAME_SHIFT:.2f} s; the model needs at "
+            f"least {self.min_frames * FRAME_SHIFT:.2f} s)"
+        )
+        errors.append(message)
+        log.error("%s", message)
 
     # -- long audio ----------------------------------------------------------------------------------------
     def _segments(
@@ -227,12 +265,7 @@ class Recognizer:
         for utt in utterances:
             num_frames = utt.features.size(0)
             if num_frames < self.min_frames:
-                message = (
-                    f"{utt.id}: too short to decode ({num_frames * FRAME_SHIFT:.2f} s; the model needs at "
-                    f"least {self.min_frames * FRAME_SHIFT:.2f} s)"
-                )
-                errors.append(message)
-                log.error("%s", message)
+                self._too_short(utt, errors)
                 continue
             if num_frames <= self.segment_frames or self.options.chunk_size is not None:
                 yield utt

@@ -34,6 +34,8 @@ class Result:
             token's frame end for the last word).
         segment: with streaming endpointing, the index of this segment in the stream.
         start_time: seconds from the start of the stream to the start of this segment's audio.
+        word_emission_ms: simultaneous methods: per word, the audio (ms) received when it was committed.
+        word_elapsed_ms: the same plus the decoding time spent until then (computation-aware latency).
     """
 
     text: str = ""
@@ -43,6 +45,8 @@ class Result:
     words: list[WordTiming] = field(default_factory=list)
     segment: int = 0
     start_time: float = 0.0
+    word_emission_ms: list[float] = field(default_factory=list)
+    word_elapsed_ms: list[float] = field(default_factory=list)
 
 
 def make_result(

@@ -5,7 +5,8 @@
 #   2  BPE lang dir from the training transcripts, and a token n-gram LM on the corpus's sentence
 #      pool minus every dev/test sentence                           -> $data_dir/lang_bpe_$vocab_size
 #   3  train a transducer + CTC model for $train_minutes minutes  -> $exp_dir
-#   4  decode dev and test (test holds voices train never heard), print the WER
+#   4  decode dev and test (test holds voices train never heard), print the WER; then real human speech
+#      (the Asterisk prompts, evaluation only) where its Debian packages are installed
 # Every stage skips work it finds done, so a rerun continues where the last one stopped; training
 # resumes from its newest checkpoint.
 set -euo pipefail
@@ -37,6 +38,7 @@ oov_penalty=0
 word_list=/usr/share/dict/american-english-large
 chunk_size=0
 average_batches=500
+real_speech=1
 
 usage="usage: $0 [--stage N] [--stop-stage M] [options]
   --stage, --stop-stage  first and last stage to run ($stage, $stop_stage)
@@ -67,7 +69,9 @@ usage="usage: $0 [--stage N] [--stop-stage M] [options]
                          Debian's wamerican-large)
   --chunk-size C         decode chunk by chunk with this chunk (causal models; 0 = full context, $chunk_size)
   --average-batches N    decode the model averaged over about the last N training batches (0: the last
-                         model; $average_batches)"
+                         model; $average_batches)
+  --real-speech B        1: also decode real human speech (Asterisk prompts, evaluation only) when its
+                         Debian packages are installed; 0: skip ($real_speech)"
 
 . "$repo/recipes/common/stages.sh"
 . "$repo/recipes/common/parse_options.sh"
@@ -191,4 +195,11 @@ if stage_selected 4; then
       --out-dir "$exp_dir/decode-$suffix/$split" | tail -n 1)
     log "Stage 4: $split: $wer"
   done
+  # Real human speech (evaluation only), when the Debian packages that hold it are installed.
+  if [ "$real_speech" = 1 ] && asr data real-speech --out-dir "$data_dir/real_speech"; then
+    wer=$(asr decode --checkpoint "$exp_dir" --cuts "$data_dir/real_speech/asterisk_cuts.jsonl.gz" \
+      --method "$method" --beam "$beam" "${fusion[@]}" "${lexicon[@]}" "${streaming[@]}" "${averaging[@]}" \
+      --out-dir "$exp_dir/decode-$suffix/real_speech" | tail -n 1)
+    log "Stage 4: real speech (Asterisk prompts): $wer"
+  fi
 fi
