@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -305,12 +306,17 @@ def test_asr_serve_and_asr_client(model, wavs, offline, tmp_path, capsys):
     assert "event=connect" in stderr and "event=stats" in stderr and "rtf=" in stderr
 
 
-def test_cli_errors_name_the_problem(tmp_path, capsys):
+def test_cli_errors_name_the_problem(wavs, tmp_path, capsys):
     with pytest.raises(SystemExit, match="missing.wav"):
         cli.main(["client", str(tmp_path / "missing.wav"), "--url", "ws://127.0.0.1:9"])
     with pytest.raises(SystemExit):
         cli.main(["client", "x.wav", "--url", "http://127.0.0.1:9"])
     assert "--url must start with ws://" in capsys.readouterr().err
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        url = f"ws://127.0.0.1:{probe.getsockname()[1]}"
+    assert cli.main(["client", str(next(iter(wavs.values()))), "--url", url]) == 1
+    assert capsys.readouterr().err.startswith(f"asr client: {url}: ")
 
 
 # -- the page -----------------------------------------------------------------------------------------------
@@ -403,6 +409,7 @@ def test_browser_page_transcribes_the_fake_microphone(model, wavs, tmp_path):
                 if screenshot:
                     page.screenshot(path=screenshot)
                 # The upload box streams a chosen file the same way.
+                page.evaluate("document.body.dataset.state = 'uploading'")
                 page.set_input_files("#file", str(utterance))
                 page.wait_for_function("document.body.dataset.state === 'done'", timeout=60_000)
                 uploaded = page.text_content("#finals .text")

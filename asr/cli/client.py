@@ -32,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--piece-ms must be >= 1, got {args.piece_ms}")
     if not args.url.startswith(("ws://", "wss://")):
         parser.error(f"--url must start with ws:// or wss://, got {args.url!r}")
+    from websockets.exceptions import InvalidHandshake, InvalidURI
+
     from asr.streaming.client import ServerError, read_pcm, stream_audio
 
     try:
@@ -60,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     except ServerError as error:
         print(f"asr client: {args.url}: {error}", file=sys.stderr)
         return 1
-    except (OSError, asyncio.TimeoutError) as error:
+    except (OSError, asyncio.TimeoutError, InvalidHandshake, InvalidURI) as error:
         print(f"asr client: {args.url}: {error or 'timed out'}", file=sys.stderr)
         return 1
     return 0

@@ -14,10 +14,17 @@ What exports (``asr export onnx``, :func:`export_onnx`):
 What does not: the Conformer, Efficient Conformer and Transformer encoders, the Transformer-Transducer's
 label-encoder prediction network, the attention-decoder (AED) head (a model that also has a transducer or
 CTC head exports that head) and streaming CTC; the command refuses them before writing anything.
+
+The Python API runs a transducer export too: ``asr.Recognizer.from_checkpoint(D, backend="onnxruntime")``
+on an offline export, ``asr.OnlineRecognizer.from_checkpoint(D, backend="onnxruntime")`` on a streaming
+one (its chunk and left context are the export's), or :func:`load_onnx_model` for the model object
+(:mod:`asr.export.backend`): the same searches, options and results as the torch backend, with the
+networks in onnxruntime (CPU; CUDA where onnxruntime-gpu is installed).
 """
 
 from __future__ import annotations
 
+from asr.export.backend import load_onnx_model
 from asr.export.onnx import ExportError, ExportResult, export_onnx
 
-__all__ = ["ExportError", "ExportResult", "export_onnx"]
+__all__ = ["ExportError", "ExportResult", "export_onnx", "load_onnx_model"]

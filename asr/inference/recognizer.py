@@ -123,14 +123,17 @@ class Recognizer:
         device: str | torch.device = "cpu",
         lang_dir: str | Path | None = None,
         options: DecodingOptions | None = None,
+        backend: str = "torch",
         **option_values,
     ) -> Recognizer:
         """A recognizer over the model in ``path`` (a training checkpoint, a model file or an experiment
-        dir); decoding options as a :class:`DecodingOptions` or as its fields (``method=..., beam=...``)."""
-        from asr.checkpoint import load_model
+        dir); decoding options as a :class:`DecodingOptions` or as its fields (``method=..., beam=...``).
+        ``backend="onnxruntime"``: ``path`` is an offline ``asr export onnx`` directory, whose graphs
+        onnxruntime runs (:mod:`asr.export.backend`)."""
+        from asr.export.backend import load_backend_model
 
         options = replace(options or DecodingOptions(), **option_values)
-        return cls(load_model(path, device, lang_dir), options)
+        return cls(load_backend_model(backend, path, device, lang_dir, streaming=False), options)
 
     # -- audio in ------------------------------------------------------------------------------------------
     def features(self, audio: Audio, sample_rate: int | None = None, name: str = "audio") -> torch.Tensor:

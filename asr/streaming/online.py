@@ -255,13 +255,20 @@ class OnlineRecognizer:
         lang_dir: str | Path | None = None,
         options: DecodingOptions | None = None,
         endpoint: EndpointConfig | None = EndpointConfig(),
+        backend: str = "torch",
         **option_values,
     ) -> OnlineRecognizer:
-        """A recognizer over the causal model in ``path``; options as a :class:`DecodingOptions` or its fields."""
-        from asr.checkpoint import load_model
+        """A recognizer over the causal model in ``path``; options as a :class:`DecodingOptions` or its fields.
+        ``backend="onnxruntime"``: ``path`` is a streaming ``asr export onnx`` directory, whose graphs
+        onnxruntime runs (:mod:`asr.export.backend`), with the chunk and left context it was exported with."""
+        from asr.export.backend import load_backend_model, onnx_stream_options
 
         options = replace(options or DecodingOptions(), **option_values)
-        return cls(load_model(path, device, lang_dir), options, endpoint)
+        model = load_backend_model(backend, path, device, lang_dir, streaming=True)
+        if backend == "onnxruntime":
+            chunk_size, left = onnx_stream_options(model, options.chunk_size, options.left_context_frames)
+            options = replace(options, chunk_size=chunk_size, left_context_frames=left)
+        return cls(model, options, endpoint)
 
     @property
     def chunk_seconds(self) -> float:

@@ -64,6 +64,8 @@ class ServerConfig:
         max_stream_seconds: audio per connection; past it the client gets an error and is dropped.
         idle_timeout_seconds: a client silent this long (no message) gets an error and is dropped.
         shutdown_timeout_seconds: on shutdown, how long open streams get to finish their segments.
+        batch_window_seconds: when a decode step left some streams out (their chunks not complete yet), how
+            long the loop waits before the next step so that more streams share it (0: no wait).
     """
 
     max_streams: int = 32
@@ -71,6 +73,7 @@ class ServerConfig:
     max_stream_seconds: float = 600.0
     idle_timeout_seconds: float = 20.0
     shutdown_timeout_seconds: float = 10.0
+    batch_window_seconds: float = 0.05
 
     def __post_init__(self) -> None:
         for name in ("max_streams", "max_frame_bytes", "max_stream_seconds", "idle_timeout_seconds"):
@@ -293,11 +296,14 @@ class StreamingServer:
             session.outbox.put_nowait({"type": "error", "message": str(error)})
             session.outbox.put_nowait(None)
             await _wait_quietly(sender, 5.0)
+            # Read what the client still sends, so that its closing handshake is not stuck behind it.
+            drain = asyncio.create_task(_drain(connection))
             await connection.close(CloseCode.POLICY_VIOLATION, _close_reason(str(error)))
-        except ConnectionClosed:
+            drain.cancel()
+        except ConnectionClosed as closed:
             outcome = "dropped"
             self._counts["dropped"] += 1
-            log.info("event=dropped id=%d audio_seconds=%.2f", session.id, session.received_samples / _rate(session))
+            log.info("event=dropped id=%d reason=%r", session.id, str(closed))
         else:
             self._counts["completed"] += 1
             session.outbox.put_nowait(None)
@@ -307,6 +313,7 @@ class StreamingServer:
             for task in (sender, receiver, finished):
                 task.cancel()
             session.finishing = True
+            session.done.set()  # releases a shutdown waiting on this stream
             del self._sessions[session.id]
             log.info(
                 "event=disconnect id=%d outcome=%s audio_seconds=%.2f active=%d",
@@ -340,6 +347,8 @@ class StreamingServer:
         max_samples = self.config.max_stream_seconds * sample_rate
         while not session.finishing:
             message = await self._recv(session)
+            if session.finishing:  # the server is shutting down: this stream's input has been closed
+                break
             if isinstance(message, str):
                 _parse_end(message)
                 break
@@ -384,7 +393,7 @@ class StreamingServer:
                 if not work:
                     break
                 try:
-                    messages, decoded = await loop.run_in_executor(self._executor, self._step, work)
+                    messages, batch = await loop.run_in_executor(self._executor, self._step, work)
                 except Exception:  # a model failure: every stream in the batch is lost, the server lives on
                     log.exception("event=decode_failed streams=%d", len(work))
                     for session, _, _ in work:
@@ -399,13 +408,19 @@ class StreamingServer:
                     if session.failed is not None or session.finished:
                         session.done.set()
                 self._log_stats()
-                if not decoded:
+                if not batch:
                     break  # nothing ready: wait for audio
+                if batch < len(work) and self.config.batch_window_seconds > 0:
+                    # Streams are at different points of their chunks: a step costs a fixed part plus a part
+                    # per stream, so a moment's wait lets more of them share the next one.
+                    await asyncio.sleep(self.config.batch_window_seconds)
 
-    def _step(self, work: list[tuple[_Session, list[np.ndarray], bool]]) -> tuple[list, bool]:
+    def _step(self, work: list[tuple[_Session, list[np.ndarray], bool]]) -> tuple[list, int]:
         """In the worker: give streams their audio, decode one chunk of every ready stream in one batch, and
-        the messages that follow. Returns ``[(session, message)]`` and whether anything was decoded."""
+        the messages that follow. Returns ``[(session, message)]`` and the number of streams decoded. The whole
+        step (features, encoder and search, results) counts as the loop's busy time."""
         rec = self.recognizer
+        start = time.perf_counter()
         for session, audio, finishing in work:
             try:
                 for samples in audio:
@@ -417,18 +432,17 @@ class StreamingServer:
         live = [s for s, _, _ in work if s.failed is None]
         ready = [s for s in live if rec.is_ready(s.stream)]
         if ready:
-            start = time.perf_counter()
             rec.decode_streams([s.stream for s in ready])
-            self._busy_seconds += time.perf_counter() - start
             self._decoded_seconds += len(ready) * rec.chunk_seconds
             self._steps += 1
             self._batch_total += len(ready)
-        messages = []
         for session in ready:
             session.steps += 1
-        for session in live:
-            messages += [(session, m) for m in self._results(session)]
-        return messages, bool(ready)
+        # Only a decoded chunk changes a result; a finishing stream may end without one.
+        changed = [s for s in live if s in ready or s.stream.input_done]
+        messages = [(session, m) for session in changed for m in self._results(session)]
+        self._busy_seconds += time.perf_counter() - start
+        return messages, len(ready)
 
     def _results(self, session: _Session) -> list[dict[str, Any]]:
         """A partial when the segment's tokens changed; a final at an endpoint or the stream's end."""
@@ -508,6 +522,14 @@ def _close_reason(text: str) -> str:
 async def _send_quietly(connection: ServerConnection, message: dict) -> None:
     try:
         await connection.send(json.dumps(message))
+    except ConnectionClosed:
+        pass
+
+
+async def _drain(connection: ServerConnection) -> None:
+    try:
+        while True:
+            await connection.recv()
     except ConnectionClosed:
         pass
 

@@ -14,7 +14,13 @@ it) to the decode step that first shows the token in a partial result: the chunk
 look-ahead plus queueing plus compute. (A word's acoustic end lies before its emission frame; with a trained
 model the delay from the word's last sample adds the model's own emission lag.)
 
+Backends (``--backend torch,onnxruntime``): the same OnlineRecognizer over the torch model and over its
+streaming ONNX export run by onnxruntime (``--export-dir``, or the model exported into a temporary directory
+with the chunk and left context given here), on the same streams, reported side by side; ``--threads`` is
+torch's threads and onnxruntime's intra-op threads per graph.
+
     .venv/bin/python tools/bench/streaming.py [--threads 1] [--streams 1,4,16,32] [--seconds 20]
+        [--backend torch,onnxruntime [--export-dir D]]
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import tempfile
 import time
 from pathlib import Path
 
@@ -125,6 +132,36 @@ def emission_delay(rec: OnlineRecognizer, audio: list[np.ndarray]) -> dict:
     }
 
 
+def recognizers(args: argparse.Namespace, options: DecodingOptions, work_dir: Path) -> dict[str, OnlineRecognizer]:
+    """backend -> its recognizer; onnxruntime on ``--export-dir`` or on the model exported into ``work_dir``."""
+    recs: dict[str, OnlineRecognizer] = {}
+    model = None
+    for backend in args.backend.split(","):
+        if backend == "torch":
+            model = make_model(args.checkpoint) if model is None else model
+            recs[backend] = OnlineRecognizer(model, options, endpoint=None)
+        elif backend == "onnxruntime":
+            from asr.export import export_onnx
+            from asr.export.backend import load_onnx_model
+
+            export_dir = args.export_dir
+            if export_dir is None:
+                model = make_model(args.checkpoint) if model is None else model
+                export_dir = work_dir / "onnx"
+                export_onnx(
+                    model,
+                    export_dir,
+                    streaming=True,
+                    chunk_size=args.chunk_size,
+                    left_context_frames=args.left_context_frames,
+                )
+            onnx_model = load_onnx_model(export_dir, num_threads=args.threads)
+            recs[backend] = OnlineRecognizer(onnx_model, options, endpoint=None)
+        else:
+            raise SystemExit(f"--backend: {backend!r} is not one of torch, onnxruntime")
+    return recs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", default=None, help="a causal model (default: random zipformer-xs weights)")
@@ -137,19 +174,47 @@ def main() -> None:
     parser.add_argument("--chunk-size", type=int, default=16, help="in 20 ms frames (16 = 320 ms)")
     parser.add_argument("--left-context-frames", type=int, default=64)
     parser.add_argument("--method", default="greedy", choices=("greedy", "modified_beam_search"))
+    parser.add_argument("--backend", default="torch", help="comma list of torch, onnxruntime")
+    parser.add_argument(
+        "--export-dir", type=Path, default=None, help="a streaming `asr export onnx` dir (default: export the model)"
+    )
     parser.add_argument("--json", type=Path, default=Path("tools/bench/results/streaming.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    model = make_model(args.checkpoint)
     options = DecodingOptions(
         method=args.method, chunk_size=args.chunk_size, left_context_frames=args.left_context_frames
     )
-    rec = OnlineRecognizer(model, options, endpoint=None)
-    print(
-        f"chunk {rec.chunk_seconds * 1000:.0f} ms, left context {args.left_context_frames} frames, "
-        f"{args.threads} thread(s), {args.method}"
-    )
+    with tempfile.TemporaryDirectory() as work_dir:
+        recs = recognizers(args, options, Path(work_dir))
+        first = next(iter(recs.values()))
+        print(
+            f"chunk {first.chunk_seconds * 1000:.0f} ms, left context {args.left_context_frames} frames, "
+            f"{args.threads} thread(s), {args.method}"
+        )
+        results = {}
+        for backend, rec in recs.items():
+            results[backend] = run_backend(backend, rec, args)
+    if len(recs) > 1:
+        print_side_by_side(results)
+    result = {
+        "machine": platform.processor() or platform.machine(),
+        "model": args.checkpoint or "zipformer-xs causal, random weights",
+        "export_dir": str(args.export_dir) if args.export_dir else None,
+        "threads": args.threads,
+        "method": args.method,
+        "chunk_ms": first.chunk_seconds * 1000,
+        "left_context_frames": args.left_context_frames,
+        "backends": results,
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwrote {args.json}")
+
+
+def run_backend(backend: str, rec: OnlineRecognizer, args: argparse.Namespace) -> dict:
+    """Throughput per concurrency and emission delay of one backend, printed as they come."""
     rows = []
+    print(f"\n[{backend}]")
     print(f"{'streams':>7} {'steps':>6} {'step ms':>8} {'p95 ms':>7} {'RTF':>7} {'real-time load':>15}")
     for n in map(int, args.streams.split(",")):
         row = throughput(rec, clips(n, args.seconds, args.cuts))
@@ -159,7 +224,7 @@ def main() -> None:
             f"{row['realtime_load']:>15.2f}"
         )
     delays = []
-    print(f"\n{'streams':>7} {'tokens':>6} {'delay median ms':>16} {'p95 ms':>7}  (real-time pace, 100 ms pieces)")
+    print(f"{'streams':>7} {'tokens':>6} {'delay median ms':>16} {'p95 ms':>7}  (real-time pace, 100 ms pieces)")
     for n in map(int, args.delay_streams.split(",")):
         row = {"streams": n, **emission_delay(rec, clips(n, args.delay_seconds, args.cuts))}
         delays.append(row)
@@ -167,19 +232,21 @@ def main() -> None:
             print(f"{n:>7} {row['tokens']:>6} {row['delay_ms_median']:>16.0f} {row['delay_ms_p95']:>7.0f}")
         else:
             print(f"{n:>7} {0:>6}  (no tokens emitted)")
-    result = {
-        "machine": platform.processor() or platform.machine(),
-        "model": args.checkpoint or "zipformer-xs causal, random weights",
-        "threads": args.threads,
-        "method": args.method,
-        "chunk_ms": rec.chunk_seconds * 1000,
-        "left_context_frames": args.left_context_frames,
-        "throughput": rows,
-        "emission_delay": delays,
-    }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {args.json}")
+    return {"throughput": rows, "emission_delay": delays}
+
+
+def print_side_by_side(results: dict[str, dict]) -> None:
+    """RTF and mean step time per concurrency, one column pair per backend, and each backend's RTF over the
+    first's."""
+    names = list(results)
+    print("\n" + f"{'streams':>7} " + " ".join(f"{name + ' RTF':>16} {'step ms':>8}" for name in names), end="")
+    print("".join(f" {name + '/' + names[0]:>24}" for name in names[1:]))
+    rows = zip(*(results[name]["throughput"] for name in names))
+    for per_backend in rows:
+        line = f"{per_backend[0]['streams']:>7} "
+        line += " ".join(f"{row['rtf']:>16.4f} {row['step_ms_mean']:>8.1f}" for row in per_backend)
+        line += "".join(f" {row['rtf'] / per_backend[0]['rtf']:>24.2f}" for row in per_backend[1:])
+        print(line)
 
 
 if __name__ == "__main__":
