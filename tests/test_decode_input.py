@@ -16,19 +16,7 @@ from asr.data.tokenizer import build_char_tokenizer
 from asr.inference import Recognizer
 from asr.models import build_model
 
-TINY_ZIPFORMER = dict(
-    num_encoder_layers=1,
-    encoder_dim=32,
-    feedforward_dim=64,
-    encoder_unmasked_dim=16,
-    num_heads=2,
-    query_head_dim=8,
-    value_head_dim=4,
-    pos_head_dim=4,
-    pos_dim=16,
-    cnn_module_kernel=7,
-    embed_channels=(4, 8, 16),
-)
+from helpers.tiny_models import TINY_ZIPFORMER
 
 
 @pytest.fixture(scope="module")

@@ -16,21 +16,8 @@ from asr.encoders import Encoder, StreamingEncoder, build_encoder, encoder_names
 from asr.streaming import is_streaming_encoder, simulate_streaming
 from asr.streaming.simulate import LOG_EPS
 
-TINY_ZIPFORMER = dict(
-    num_encoder_layers=1,
-    encoder_dim=32,
-    feedforward_dim=64,
-    encoder_unmasked_dim=16,
-    num_heads=2,
-    query_head_dim=8,
-    value_head_dim=4,
-    pos_head_dim=4,
-    pos_dim=16,
-    cnn_module_kernel=7,
-    embed_channels=(4, 8, 16),
-)
-TINY_CONFORMER = dict(encoder_dim=32, num_layers=2, num_heads=4, feedforward_dim=64, kernel_size=7)
-TINY_TRANSFORMER = dict(encoder_dim=32, num_layers=2, num_heads=4, feedforward_dim=64)
+from helpers.tiny_models import TINY_CONFORMER, TINY_TRANSFORMER, TINY_ZIPFORMER
+
 TINY = {
     "zipformer-xs": TINY_ZIPFORMER,
     "conformer-xs": TINY_CONFORMER,

@@ -24,20 +24,8 @@ from asr.export.onnxruntime import OnnxTransducer  # noqa: E402
 from asr.models import build_model  # noqa: E402
 
 from helpers.export_sherpa import sherpa_decode  # noqa: E402
+from helpers.tiny_models import TINY_ZIPFORMER
 
-TINY = dict(
-    num_encoder_layers=1,
-    encoder_dim=32,
-    feedforward_dim=64,
-    encoder_unmasked_dim=16,
-    num_heads=2,
-    query_head_dim=8,
-    value_head_dim=4,
-    pos_head_dim=4,
-    pos_dim=16,
-    cnn_module_kernel=7,
-    embed_channels=(4, 8, 16),
-)
 CHUNK, LEFT = 16, 64  # 50 Hz frames
 SHERPA_FRAME_SECONDS = 0.04  # one encoder output frame (25 Hz)
 
@@ -60,7 +48,7 @@ def make_model(tokenizer, causal: bool, convnext: bool = True, preset_dims: bool
     a little in the encoder (enough to vary, not so much that float rounding explodes through the layers)
     and more in the shallow decoder and joiner."""
     torch.manual_seed(0)
-    encoder_kwargs = {} if preset_dims else {**TINY, "embed_convnext": convnext}
+    encoder_kwargs = {} if preset_dims else {**TINY_ZIPFORMER, "embed_convnext": convnext}
     head_dims = {} if preset_dims else {"decoder_dim": 16, "joiner_dim": 32}
     model = build_model(
         "zipformer-xs",

@@ -1,10 +1,5 @@
 """The streaming API (``asr.OnlineRecognizer``) against the chunked offline decode of the same model, and the
-offline ``asr.Recognizer`` against ``asr decode``.
-
-Models are tiny causal encoders with the synth corpus's BPE tokens; noise on the decoder and joiner makes
-them emit varied tokens, so that equal token sequences mean equal decoding, not two empty outputs. (Noise
-on the encoder too would make it chaotic: float rounding of a different batch shape then changes tokens.)
-"""
+offline ``asr.Recognizer`` against ``asr decode``, on tiny causal models (:mod:`helpers.streaming_models`)."""
 
 from __future__ import annotations
 
@@ -32,26 +27,10 @@ from asr.streaming import EndpointConfig, EndpointRule, OnlineRecognizer
 from asr.streaming.fbank import OnlineFbank
 from asr.streaming.resample import StreamResampler
 
-TINY_ZIPFORMER = dict(
-    num_encoder_layers=1,
-    encoder_dim=32,
-    feedforward_dim=64,
-    encoder_unmasked_dim=16,
-    num_heads=2,
-    query_head_dim=8,
-    value_head_dim=4,
-    pos_head_dim=4,
-    pos_dim=16,
-    cnn_module_kernel=7,
-    embed_channels=(4, 8, 16),
-)
-TINY_CONFORMER = dict(encoder_dim=32, num_layers=2, num_heads=4, feedforward_dim=64, kernel_size=7)
+from helpers.streaming_models import FAMILIES, streaming_options, tiny_causal_model
+from helpers.tiny_models import TINY_ZIPFORMER
+
 REPO = Path(__file__).resolve().parents[1]
-# family -> (encoder kwargs, chunk, left context), in the family's frames (20 ms; 40 ms)
-FAMILIES = {
-    "zipformer-xs": (TINY_ZIPFORMER, 16, 64),
-    "conformer-xs": (TINY_CONFORMER, 4, 16),
-}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -69,27 +48,6 @@ def audio(corpus) -> dict[str, np.ndarray]:
     return {cut.id: load_audio(cut.recording.sources[0].source, 16000) for cut in cuts}
 
 
-def tiny_causal_model(name: str, lang_dir: Path):
-    encoder_kwargs, _, _ = FAMILIES[name]
-    tokenizer = load_tokenizer(lang_dir)
-    torch.manual_seed(0)
-    model = build_model(
-        name,
-        tokenizer.vocab_size,
-        heads=("transducer",),
-        causal=True,
-        encoder_kwargs=encoder_kwargs,
-        decoder_dim=16,
-        joiner_dim=32,
-    ).eval()
-    with torch.no_grad():
-        for parameter_name, parameter in model.named_parameters():
-            if not parameter_name.startswith("encoder."):
-                parameter.add_(torch.randn_like(parameter))
-    model.tokenizer = tokenizer
-    return model
-
-
 @pytest.fixture(scope="module")
 def models(corpus) -> dict[str, torch.nn.Module]:
     return {name: tiny_causal_model(name, corpus["lang"]) for name in FAMILIES}
@@ -101,11 +59,6 @@ def token_lm(corpus, models) -> NgramLM:
     texts = [c.supervisions[0].text for c in load_manifest(corpus["train"])]
     symbols = [tokenizer.id_to_token(i) for i in range(tokenizer.vocab_size)]
     return NgramLM.train([tokenizer.encode(t) for t in texts], symbols, order=3)
-
-
-def options_for(name: str, method: str) -> DecodingOptions:
-    _, chunk, left = FAMILIES[name]
-    return DecodingOptions(method=method, beam=4, chunk_size=chunk, left_context_frames=left)
 
 
 def stream_in_pieces(rec: OnlineRecognizer, clips: list[np.ndarray], seed: int, sample_rate: int = 16000) -> list:
@@ -134,7 +87,7 @@ def stream_in_pieces(rec: OnlineRecognizer, clips: list[np.ndarray], seed: int, 
 @pytest.mark.parametrize("method", ["greedy", "modified_beam_search"])
 def test_streamed_pieces_give_the_tokens_of_the_chunked_decode(name, method, models, audio, token_lm):
     model = models[name]
-    options = options_for(name, method)
+    options = streaming_options(name, method)
     scorers = [TokenLmScorer(token_lm, 0.5, 1.0)] if method == "modified_beam_search" else []
     clips = list(audio.values())
     offline = Recognizer(model, options, scorers=scorers).transcribe_batch(clips, 16000)
@@ -160,14 +113,14 @@ def test_the_chunked_decode_is_asr_decode_chunk_size(models, audio, tmp_path, ca
     args = ["decode", "--checkpoint", str(path), "--chunk-size", "16", "--left-context-frames", "64"]
     assert cli.main([*args, *map(str, wavs)]) == 0
     printed = dict(line.split("\t", 1) for line in capsys.readouterr().out.splitlines() if "\t" in line)
-    online = OnlineRecognizer(model, options_for("zipformer-xs", "greedy"), endpoint=None)
+    online = OnlineRecognizer(model, streaming_options("zipformer-xs", "greedy"), endpoint=None)
     results = stream_in_pieces(online, [load_audio(w, 16000) for w in wavs], seed=3)
     assert printed == {w.stem: r.text for w, r in zip(wavs, results)}
 
 
 def test_streams_decoded_together_equal_each_alone(models, audio):
     model = models["zipformer-xs"]
-    rec = OnlineRecognizer(model, options_for("zipformer-xs", "greedy"), endpoint=None)
+    rec = OnlineRecognizer(model, streaming_options("zipformer-xs", "greedy"), endpoint=None)
     clips = list(audio.values())[:5]
     together = stream_in_pieces(rec, clips, seed=7)
     alone = [stream_in_pieces(rec, [clip], seed=7)[0] for clip in clips]
@@ -177,7 +130,7 @@ def test_streams_decoded_together_equal_each_alone(models, audio):
 
 def test_partial_results_grow_and_timestamps_lie_inside_the_audio(models, audio):
     model = models["zipformer-xs"]
-    rec = OnlineRecognizer(model, options_for("zipformer-xs", "greedy"), endpoint=None)
+    rec = OnlineRecognizer(model, streaming_options("zipformer-xs", "greedy"), endpoint=None)
     clip = max(audio.values(), key=len)
     stream = rec.create_stream()
     partials = []
@@ -236,7 +189,7 @@ def test_stream_resampling_equals_resampling_the_whole_signal(rate):
 
 def test_a_stream_at_another_sample_rate_decodes_as_the_resampled_audio(models, audio):
     model = models["conformer-xs"]
-    options = options_for("conformer-xs", "greedy")
+    options = streaming_options("conformer-xs", "greedy")
     clip = resample(next(iter(audio.values())), 16000, 8000)
     offline = Recognizer(model, options).transcribe(clip, 8000)
     online = stream_in_pieces(OnlineRecognizer(model, options, endpoint=None), [clip], seed=2, sample_rate=8000)[0]
@@ -246,7 +199,7 @@ def test_a_stream_at_another_sample_rate_decodes_as_the_resampled_audio(models, 
 # -- bad input ------------------------------------------------------------------------------------------------
 def test_bad_input_is_refused_and_the_stream_stays_usable(models, audio):
     model = models["zipformer-xs"]
-    rec = OnlineRecognizer(model, options_for("zipformer-xs", "greedy"), endpoint=None)
+    rec = OnlineRecognizer(model, streaming_options("zipformer-xs", "greedy"), endpoint=None)
     clip = next(iter(audio.values()))
     stream = rec.create_stream()
     stream.accept_waveform(16000, clip[:4000])
@@ -267,7 +220,7 @@ def test_bad_input_is_refused_and_the_stream_stays_usable(models, audio):
     with pytest.raises(ValueError, match="after input_finished"):
         stream.accept_waveform(16000, clip[:800])
     rec.decode_to_end([stream])
-    expected = Recognizer(model, options_for("zipformer-xs", "greedy")).transcribe(clip, 16000)
+    expected = Recognizer(model, streaming_options("zipformer-xs", "greedy")).transcribe(clip, 16000)
     assert rec.get_result(stream).token_ids == expected.token_ids
 
 
@@ -309,7 +262,7 @@ def test_endpoint_rules_follow_their_definition():
 
 def test_is_endpoint_counts_trailing_blanks_in_the_current_segment(models):
     model = models["zipformer-xs"]
-    rec = OnlineRecognizer(model, options_for("zipformer-xs", "greedy"), endpoint=EndpointConfig())
+    rec = OnlineRecognizer(model, streaming_options("zipformer-xs", "greedy"), endpoint=EndpointConfig())
     frame = rec.frame_seconds
     stream = rec.create_stream()
     stream._search.frames = round(3.0 / frame)

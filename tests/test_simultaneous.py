@@ -38,6 +38,7 @@ from helpers.simultaneous_reference import (
     reference_simultaneous,
     tiny_aed_model,
 )
+from helpers.tiny_models import TINY_ZIPFORMER
 
 STEP_MS = 80
 
@@ -377,19 +378,6 @@ def test_decoded_results_score_under_the_latency_metrics():
 
 
 # -- the chunked transducer -------------------------------------------------------------------------------
-TINY_ZIPFORMER = dict(
-    num_encoder_layers=1,
-    encoder_dim=32,
-    feedforward_dim=64,
-    encoder_unmasked_dim=16,
-    num_heads=2,
-    query_head_dim=8,
-    value_head_dim=4,
-    pos_head_dim=4,
-    pos_dim=16,
-    cnn_module_kernel=7,
-    embed_channels=(4, 8, 16),
-)
 
 
 @pytest.fixture(scope="module")

@@ -15,21 +15,10 @@ from asr.data.tokenizer import load_tokenizer
 from asr.inference import DecodingOptions
 from asr.models import build_model
 
-TINY_ZIPFORMER = dict(
-    num_encoder_layers=1,
-    encoder_dim=32,
-    feedforward_dim=64,
-    encoder_unmasked_dim=16,
-    num_heads=2,
-    query_head_dim=8,
-    value_head_dim=4,
-    pos_head_dim=4,
-    pos_dim=16,
-    cnn_module_kernel=7,
-    embed_channels=(4, 8, 16),
-)
+from helpers.tiny_models import TINY_CONFORMER, TINY_ZIPFORMER
+
 # family -> (encoder kwargs, chunk, left context), in the family's encoder frames
-FAMILIES = {"zipformer-xs": (TINY_ZIPFORMER, 16, 64)}
+FAMILIES = {"zipformer-xs": (TINY_ZIPFORMER, 16, 64), "conformer-xs": (TINY_CONFORMER, 4, 16)}
 
 
 def tiny_causal_model(name: str, lang_dir: Path) -> torch.nn.Module:

@@ -12,6 +12,23 @@ from torch import nn
 from asr.encoders import Encoder
 from asr.models import AsrModel
 
+# Encoder kwargs of tiny real encoders (a few thousand parameters), one per streaming family.
+TINY_ZIPFORMER = dict(
+    num_encoder_layers=1,
+    encoder_dim=32,
+    feedforward_dim=64,
+    encoder_unmasked_dim=16,
+    num_heads=2,
+    query_head_dim=8,
+    value_head_dim=4,
+    pos_head_dim=4,
+    pos_dim=16,
+    cnn_module_kernel=7,
+    embed_channels=(4, 8, 16),
+)
+TINY_CONFORMER = dict(encoder_dim=32, num_layers=2, num_heads=4, feedforward_dim=64, kernel_size=7)
+TINY_TRANSFORMER = dict(encoder_dim=32, num_layers=2, num_heads=4, feedforward_dim=64)
+
 # Token ids 0..VOCAB-1, 0 the blank; FEATURES-dim input frames.
 VOCAB = 6
 FEATURES = 8
