@@ -1,4 +1,4 @@
-"""``asr serve``: a websocket server for streaming recognition, with a browser microphone page at ``/``.
+"""``asr serve``: a websocket server for streaming recognition, with a browser microphone page at /.
 
 Clients send a JSON start message (sample rate, int16 or float32 PCM), binary audio frames and a JSON end
 message; the server answers with partial results as the text changes and a final result per endpoint
@@ -33,6 +33,12 @@ def build_parser():
         "--idle-timeout", type=float, default=20.0, help="seconds without a message before a client is dropped"
     )
     parser.add_argument(
+        "--batch-window-ms",
+        type=float,
+        default=50.0,
+        help="when a decode step left streams out, wait this long so that more share the next step (0: none)",
+    )
+    parser.add_argument(
         "--chunk-size",
         type=int,
         default=None,
@@ -50,7 +56,9 @@ def build_parser():
         default=True,
         help="split the stream into segments at pauses (sherpa-onnx's rules); --no-endpoint: one segment",
     )
-    parser.add_argument("--num-threads", type=int, default=1, help="CPU threads for the decode loop")
+    parser.add_argument(
+        "--num-threads", type=int, default=None, help="CPU threads of the decode loop (default: torch's)"
+    )
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, or auto")
     return parser
 
@@ -61,8 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 <= args.port <= 65535:
         parser.error(f"--port must be in [0, 65535], got {args.port}")
     for name in ("max_streams", "max_frame_bytes", "max_stream_seconds", "idle_timeout", "num_threads"):
-        if not getattr(args, name) > 0:
+        if getattr(args, name) is not None and not getattr(args, name) > 0:
             parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.batch_window_ms < 0:
+        parser.error(f"--batch-window-ms must be >= 0, got {args.batch_window_ms}")
     import torch
 
     from asr.checkpoint import load_model
@@ -71,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     from asr.streaming.online import EndpointConfig, OnlineRecognizer
     from asr.streaming.server import ServerConfig, StreamingServer
 
-    torch.set_num_threads(args.num_threads)
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
     try:
         options = DecodingOptions(
             method=args.method, beam=args.beam, chunk_size=args.chunk_size, left_context_frames=args.left_context_frames
@@ -93,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         max_frame_bytes=args.max_frame_bytes,
         max_stream_seconds=args.max_stream_seconds,
         idle_timeout_seconds=args.idle_timeout,
+        batch_window_seconds=args.batch_window_ms / 1000,
     )
     try:
         asyncio.run(_serve(StreamingServer(recognizer, config), args.host, args.port))

@@ -30,8 +30,8 @@ class Result:
         token_ids: their ids.
         timestamps: each token's emission time in seconds (the start of the encoder frame it was emitted at);
             empty for a search that gives no times.
-        words: per word, its start (its first token's time) and end (the next word's start, or the last
-            token's frame end for the last word).
+        words: per word, its start (the time of its first token that is not a bare ``▁``) and end (the next
+            word's first token, or the last token's frame end for the last word).
         segment: with streaming endpointing, the index of this segment in the stream.
         start_time: seconds from the start of the stream to the start of this segment's audio.
         word_emission_ms: simultaneous methods: per word, the audio (ms) received when it was committed.
@@ -84,6 +84,8 @@ def make_result(
         if not timed:
             words.append(WordTiming(text, None, None))
             continue
+        # A bare "▁" piece carries no sound and may come anywhere in the silence before its word.
+        voiced = [k for k in group if pieces[k] != WORD_START] or group
         end = times[groups[g + 1][0]] if g + 1 < len(groups) else round(times[group[-1]] + frame_seconds, 3)
-        words.append(WordTiming(text, times[group[0]], end))
+        words.append(WordTiming(text, times[voiced[0]], end))
     return Result(tokenizer.decode(hyp.tokens), pieces, list(hyp.tokens), times, words, segment, time_offset)

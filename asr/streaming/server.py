@@ -79,6 +79,8 @@ class ServerConfig:
         for name in ("max_streams", "max_frame_bytes", "max_stream_seconds", "idle_timeout_seconds"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.batch_window_seconds < 0:
+            raise ValueError(f"batch_window_seconds must be >= 0, got {self.batch_window_seconds}")
 
 
 class ClientError(Exception):
@@ -100,6 +102,7 @@ class _Session:
     finishing: bool = False  # no more audio will come
     finished: bool = False  # every chunk decoded and the last final sent
     failed: str | None = None
+    internal: bool = False  # the failure is the server's, not the client's
     steps: int = 0  # decode steps of this stream
     last_sent: tuple[int, tuple[int, ...]] = (0, ())  # (segment, token ids) of the last partial or final
     outbox: asyncio.Queue = field(default_factory=asyncio.Queue)
@@ -298,7 +301,8 @@ class StreamingServer:
             await _wait_quietly(sender, 5.0)
             # Read what the client still sends, so that its closing handshake is not stuck behind it.
             drain = asyncio.create_task(_drain(connection))
-            await connection.close(CloseCode.POLICY_VIOLATION, _close_reason(str(error)))
+            code = CloseCode.INTERNAL_ERROR if session.internal else CloseCode.POLICY_VIOLATION
+            await connection.close(code, _close_reason(str(error)))
             drain.cancel()
         except ConnectionClosed as closed:
             outcome = "dropped"
@@ -398,6 +402,7 @@ class StreamingServer:
                     log.exception("event=decode_failed streams=%d", len(work))
                     for session, _, _ in work:
                         session.failed = "internal error while decoding"
+                        session.internal = True
                         session.done.set()
                     break
                 for session, message in messages:
