@@ -14,7 +14,7 @@ pace. Per N it reports:
 - refused streams (past ``--max-streams``), and whether every client's final text equals the offline chunked
   decode of its clip (``asr decode --chunk-size``): no audio lost or reordered.
 
-    .venv/bin/python tools/bench/serve.py [--streams 1,8,16,32,64] [--seconds 10] [--threads 2]
+    .venv/bin/python tools/bench/serve.py [--streams 1,8,16,32,64] [--seconds 10] [--threads 1]
 """
 
 from __future__ import annotations
@@ -159,7 +159,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--streams", default="1,8,16,32,64", help="comma-separated client counts")
     parser.add_argument("--seconds", type=float, default=10.0, help="audio per client")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads of the server's decode loop")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads of the server's decode loop (the clients run on the same machine: on 2 cores, 2 "
+        "decode threads contend with them and latency suffers)",
+    )
     parser.add_argument("--max-streams", type=int, default=64, help="the server's cap on concurrent streams")
     parser.add_argument(
         "--batch-window", type=float, default=ServerConfig.batch_window_seconds, help="the server's batch window, s"
