@@ -15,25 +15,14 @@ from asr.encoders import build_encoder
 from asr.nn.attention import relax_attention_weights
 
 from helpers.aed_reference import tiny_decoder
+from helpers.tiny_models import TINY_CONFORMER, TINY_TRANSFORMER, TINY_ZIPFORMER
 
 # One small configuration per encoder family.
 TINY = {
-    "zipformer-xs": dict(
-        num_encoder_layers=1,
-        encoder_dim=32,
-        feedforward_dim=64,
-        encoder_unmasked_dim=16,
-        num_heads=2,
-        query_head_dim=8,
-        value_head_dim=4,
-        pos_head_dim=4,
-        pos_dim=16,
-        cnn_module_kernel=7,
-        embed_channels=(4, 8, 16),
-    ),
-    "conformer-small": dict(encoder_dim=32, num_layers=2, num_heads=4, feedforward_dim=64, kernel_size=7),
+    "zipformer-xs": TINY_ZIPFORMER,
+    "conformer-small": TINY_CONFORMER,
     "efficient-conformer-small": dict(stage_dims=(24, 36, 48), stage_layers=(2, 2, 1), num_heads=4, kernel_size=5),
-    "transformer-transducer-small": dict(encoder_dim=32, num_layers=2, num_heads=4, feedforward_dim=64),
+    "transformer-transducer-small": TINY_TRANSFORMER,
 }
 GAMMA = 0.3
 

@@ -29,22 +29,9 @@ from helpers.overfit import (
     overfit,
     speak_word,
 )
+from helpers.tiny_models import TINY_ZIPFORMER
 
 TEXTS = ("the room was", "not many calls", "food and water")
-# The encoder of tests/test_online_recognizer.py's streaming models: one layer per stack, 32 dims.
-TINY_ZIPFORMER = dict(
-    num_encoder_layers=1,
-    encoder_dim=32,
-    feedforward_dim=64,
-    encoder_unmasked_dim=16,
-    num_heads=2,
-    query_head_dim=8,
-    value_head_dim=4,
-    pos_head_dim=4,
-    pos_dim=16,
-    cnn_module_kernel=7,
-    embed_channels=(4, 8, 16),
-)
 # 320 ms chunks and 1.28 s of left context (50 Hz frames), the smallest the encoder trains with.
 OPTIONS = DecodingOptions(chunk_size=16, left_context_frames=64)
 PIECE_SAMPLES = SAMPLE_RATE // 10  # 100 ms

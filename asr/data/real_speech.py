@@ -97,6 +97,34 @@ def _decode_g722(source: Path, dest: Path) -> None:
     os.replace(tmp, dest)
 
 
+def _cut(utt_id: str, wav: Path, text: str, speaker: str, custom: dict):
+    """A lhotse cut of the whole file ``wav`` with one English supervision."""
+    import soundfile
+    from lhotse import AudioSource, MonoCut, Recording, SupervisionSegment
+
+    info = soundfile.info(str(wav))
+    duration = info.frames / info.samplerate
+    recording = Recording(
+        id=utt_id,
+        sources=[AudioSource(type="file", channels=[0], source=str(wav))],
+        sampling_rate=info.samplerate,
+        num_samples=info.frames,
+        duration=duration,
+    )
+    supervision = SupervisionSegment(
+        id=utt_id,
+        recording_id=utt_id,
+        start=0.0,
+        duration=duration,
+        channel=0,
+        text=text,
+        language="English",
+        speaker=speaker,
+        custom=custom,
+    )
+    return MonoCut(utt_id, 0.0, duration, 0, recording=recording, supervisions=[supervision])
+
+
 def asterisk_prompts_cuts(
     out_dir: str | Path,
     sounds_dir: Path = ASTERISK_SOUNDS_DIR,
@@ -109,8 +137,9 @@ def asterisk_prompts_cuts(
     the license. Wavs already decoded are kept (a rerun only finishes). Raises
     :class:`RealSpeechMissingError` naming the Debian package when a part is not installed.
     """
-    import soundfile
-    from lhotse import AudioSource, CutSet, MonoCut, Recording, SupervisionSegment
+    from lhotse import CutSet
+
+    from asr.data.manifests import save_manifest
 
     missing = []
     if not transcripts.is_file():
@@ -136,29 +165,9 @@ def asterisk_prompts_cuts(
         wav = (out_dir / "audio" / f"{utt_id}.wav").resolve()
         if not wav.is_file():
             _decode_g722(source, wav)
-        info = soundfile.info(str(wav))
-        duration = info.frames / info.samplerate
-        recording = Recording(
-            id=utt_id,
-            sources=[AudioSource(type="file", channels=[0], source=str(wav))],
-            sampling_rate=info.samplerate,
-            num_samples=info.frames,
-            duration=duration,
-        )
-        supervision = SupervisionSegment(
-            id=utt_id,
-            recording_id=utt_id,
-            start=0.0,
-            duration=duration,
-            channel=0,
-            text=text,
-            language="English",
-            speaker=SPEAKER,
-            custom={"original_text": written, "license": ASTERISK_LICENSE},
-        )
-        cuts.append(MonoCut(utt_id, 0.0, duration, 0, recording=recording, supervisions=[supervision]))
+        cuts.append(_cut(utt_id, wav, text, SPEAKER, {"original_text": written, "license": ASTERISK_LICENSE}))
     cut_set = CutSet.from_cuts(cuts)
-    cut_set.to_file(out_dir / "asterisk_cuts.jsonl.gz")
+    save_manifest(cut_set, out_dir / "asterisk_cuts.jsonl.gz")
     return cut_set
 
 
@@ -176,8 +185,9 @@ def pocketsphinx_test_cuts(out_dir: str | Path, data_dir: Path = POCKETSPHINX_TE
     """Write ``out_dir/pocketsphinx_cuts.jsonl.gz``: a cut per transcribed wav of
     :data:`POCKETSPHINX_SETS` (the audio stays where the package put it). Raises
     :class:`RealSpeechMissingError` naming ``pocketsphinx-testdata`` when it is not installed."""
-    import soundfile
-    from lhotse import AudioSource, CutSet, MonoCut, Recording, SupervisionSegment
+    from lhotse import CutSet
+
+    from asr.data.manifests import save_manifest
 
     cuts = []
     for folder, fileids, transcription, speaker in POCKETSPHINX_SETS:
@@ -191,29 +201,9 @@ def pocketsphinx_test_cuts(out_dir: str | Path, data_dir: Path = POCKETSPHINX_TE
             if text is None or not wav.is_file():
                 continue
             utt_id = f"{speaker}-{file_id}"
-            info = soundfile.info(str(wav))
-            duration = info.frames / info.samplerate
-            recording = Recording(
-                id=utt_id,
-                sources=[AudioSource(type="file", channels=[0], source=str(wav))],
-                sampling_rate=info.samplerate,
-                num_samples=info.frames,
-                duration=duration,
-            )
-            supervision = SupervisionSegment(
-                id=utt_id,
-                recording_id=utt_id,
-                start=0.0,
-                duration=duration,
-                channel=0,
-                text=text,
-                language="English",
-                speaker=speaker,
-                custom={"license": POCKETSPHINX_LICENSE},
-            )
-            cuts.append(MonoCut(utt_id, 0.0, duration, 0, recording=recording, supervisions=[supervision]))
+            cuts.append(_cut(utt_id, wav, text, speaker, {"license": POCKETSPHINX_LICENSE}))
     cut_set = CutSet.from_cuts(cuts)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    cut_set.to_file(out_dir / "pocketsphinx_cuts.jsonl.gz")
+    save_manifest(cut_set, out_dir / "pocketsphinx_cuts.jsonl.gz")
     return cut_set

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from asr.data.tokenizer import CharTokenizer, Tokenizer, load_tokenizer, read_tokens
 from asr.encoders.base import Encoder, StreamingEncoder
 from asr.export.onnxruntime import OnnxTransducer
+from asr.models.asr_model import encode_checked
 
 __all__ = [
     "BACKENDS",
@@ -217,15 +218,7 @@ class OnnxModel(nn.Module):
 
     def encode(self, x: Tensor, x_lens: Tensor) -> tuple[Tensor, Tensor]:
         """Features ``(N, T, 80)``, lengths ``(N,)`` -> encoder output ``(N, T', J)``, lengths ``(N,)``."""
-        if x.ndim != 3 or x_lens.ndim != 1 or x.size(0) != x_lens.size(0):
-            raise ValueError(f"expected x (N, T, F) and x_lens (N,), got {tuple(x.shape)}, {tuple(x_lens.shape)}")
-        enc_out, enc_lens = self.encoder(x, x_lens)
-        if torch.any(enc_lens <= 0):
-            short = torch.nonzero(enc_lens <= 0).flatten().tolist()
-            raise ValueError(
-                f"utterances {short} are too short for the encoder (input lengths {x_lens[short].tolist()})"
-            )
-        return enc_out, enc_lens
+        return encode_checked(self.encoder, x, x_lens)
 
 
 class TokenTableTokenizer(Tokenizer):

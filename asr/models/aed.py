@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from asr.nn.attention import relative_sinusoidal_encoding, relax_attention_weights
+from asr.nn.attention import masked_attention_weights, relative_sinusoidal_encoding
 
 __all__ = ["AED_PRESETS", "AttentionDecoder", "DecoderOutput", "SOS_EOS_ID", "causal_mask"]
 
@@ -74,14 +74,7 @@ class _MultiheadAttention(nn.Module):
         k = self.k_proj(key).view(N, -1, H, d).transpose(1, 2)
         v = self.v_proj(key).view(N, -1, H, d).transpose(1, 2)
         scores = torch.matmul(q, k.transpose(2, 3)) / math.sqrt(d)
-        if mask is not None:
-            mask = mask.unsqueeze(1)  # heads
-            scores = scores.masked_fill(mask, torch.finfo(scores.dtype).min)
-        weights = scores.softmax(dim=-1)
-        if mask is not None:
-            weights = weights.masked_fill(mask, 0.0)
-        if self.training and self.relax > 0.0:
-            weights = relax_attention_weights(weights, mask, self.relax)
+        weights = masked_attention_weights(scores, mask, self.relax if self.training else 0.0)
         out = torch.matmul(self.dropout(weights), v).transpose(1, 2).reshape(N, Tq, H * d)
         return self.out_proj(out), weights
 

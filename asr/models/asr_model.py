@@ -54,6 +54,18 @@ def pad_tokens(
     return padded, torch.tensor(lengths, dtype=torch.int64)
 
 
+def encode_checked(encoder: nn.Module, x: torch.Tensor, x_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``encoder(x, x_lens)`` for features ``(N, T, F)`` and lengths ``(N,)``, with clear errors for bad shapes
+    and for utterances too short to give an output frame."""
+    if x.ndim != 3 or x_lens.ndim != 1 or x.size(0) != x_lens.size(0):
+        raise ValueError(f"expected x (N, T, F) and x_lens (N,), got {tuple(x.shape)}, {tuple(x_lens.shape)}")
+    enc_out, enc_lens = encoder(x, x_lens)
+    if torch.any(enc_lens <= 0):
+        short = torch.nonzero(enc_lens <= 0).flatten().tolist()
+        raise ValueError(f"utterances {short} are too short for the encoder (input lengths {x_lens[short].tolist()})")
+    return enc_out, enc_lens
+
+
 class AsrModel(nn.Module):
     """An encoder with any of: a pruned-RNN-T transducer head, a CTC head, an attention decoder (AED).
 
@@ -149,15 +161,7 @@ class AsrModel(nn.Module):
 
     def encode(self, x: torch.Tensor, x_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Features ``(N, T, F)``, lengths ``(N,)`` -> encoder output ``(N, T', C)``, lengths ``(N,)``."""
-        if x.ndim != 3 or x_lens.ndim != 1 or x.size(0) != x_lens.size(0):
-            raise ValueError(f"expected x (N, T, F) and x_lens (N,), got {tuple(x.shape)}, {tuple(x_lens.shape)}")
-        enc_out, enc_lens = self.encoder(x, x_lens)
-        if torch.any(enc_lens <= 0):
-            short = torch.nonzero(enc_lens <= 0).flatten().tolist()
-            raise ValueError(
-                f"utterances {short} are too short for the encoder (input lengths {x_lens[short].tolist()})"
-            )
-        return enc_out, enc_lens
+        return encode_checked(self.encoder, x, x_lens)
 
     def encoder_output_lengths(self, x_lens: torch.Tensor) -> torch.Tensor:
         """Encoder output lengths ``(N,)`` for input lengths ``(N,)``, without running the encoder."""

@@ -61,6 +61,22 @@ def relative_sinusoidal_encoding(offsets: Tensor, dim: int) -> Tensor:
     return torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(-2)
 
 
+def masked_attention_weights(scores: Tensor, mask: Tensor | None, relax_gamma: float = 0.0) -> Tensor:
+    """Softmax over keys of ``scores`` ``(N, H, Tq, Tk)`` with ``mask`` ``(N, Tq, Tk)`` (True = masked)
+    applied per head; masked keys get weight 0 (so rows with no visible key, queries in padding, are zero
+    rather than uniform). ``relax_gamma`` > 0 relaxes them (:func:`relax_attention_weights`; training only,
+    the caller decides)."""
+    if mask is not None:
+        mask = mask.unsqueeze(1)  # heads
+        scores = scores.masked_fill(mask, torch.finfo(scores.dtype).min)
+    weights = scores.softmax(dim=-1)
+    if mask is not None:
+        weights = weights.masked_fill(mask, 0.0)
+    if relax_gamma > 0.0:
+        weights = relax_attention_weights(weights, mask, relax_gamma)
+    return weights
+
+
 def relax_attention_weights(weights: Tensor, mask: Tensor | None, gamma: float) -> Tensor:
     """Relaxed attention: ``(1 - gamma)·A + gamma·U`` with ``U`` uniform over the keys each query may see
     (keys not masked; masked and padded keys get 0). ``weights``: ``(..., Tq, Tk)``; ``mask`` broadcastable
@@ -190,15 +206,7 @@ class RelPositionMultiheadAttention(nn.Module):
         scores = torch.matmul(q_u, k.transpose(2, 3)) + torch.gather(scores_pos, 3, index)
         scores = scores / math.sqrt(self.head_dim)
 
-        if mask is not None:
-            mask = mask.unsqueeze(1)  # heads
-            scores = scores.masked_fill(mask, torch.finfo(scores.dtype).min)
-        weights = scores.softmax(dim=-1)
-        if mask is not None:
-            # Rows with no visible key (queries in padding) would be uniform; make them zero.
-            weights = weights.masked_fill(mask, 0.0)
-        if self.training and self.relaxed_attention_gamma > 0.0:
-            weights = relax_attention_weights(weights, mask, self.relaxed_attention_gamma)
+        weights = masked_attention_weights(scores, mask, self.relaxed_attention_gamma if self.training else 0.0)
         return torch.matmul(self.dropout(weights), v), weights
 
     def _kernel_attention(
