@@ -65,6 +65,19 @@ def test_killed_run_resumes_at_the_same_step_and_matches_an_uninterrupted_run(co
         assert torch.equal(value, final["model_avg"][key]), key
 
 
+def test_max_batches_stops_at_that_batch_with_a_checkpoint_and_a_rerun_trains_no_more(corpus, tmp_path):
+    exp_dir = tmp_path / "exp"
+    argv = train_args(corpus, exp_dir, "--max-batches", "3")
+    subprocess.run(argv, check=True, env=ENV, capture_output=True)
+    assert [p.name for p in ckpt.batch_checkpoints(exp_dir)] == ["checkpoint-2.pt", "checkpoint-3.pt"]
+    assert not (exp_dir / "epoch-1.pt").exists()
+    stopped = ckpt.load(exp_dir / "checkpoint-3.pt")
+    assert stopped["state"]["batch_idx_train"] == 3
+    subprocess.run(argv, check=True, env=ENV, capture_output=True)
+    assert [p.name for p in ckpt.batch_checkpoints(exp_dir)] == ["checkpoint-2.pt", "checkpoint-3.pt"]
+    assert not (exp_dir / "epoch-1.pt").exists()
+
+
 def test_decode_files_and_cuts_with_a_trained_checkpoint(corpus, tmp_path):
     exp_dir = tmp_path / "exp"
     subprocess.run(train_args(corpus, exp_dir), check=True, env=ENV, capture_output=True)

@@ -41,6 +41,7 @@ HELP = {
     "warm_step": "batches of the warm-up of the loss weights",
     "amp": "auto (bf16 where the GPU has it, else fp16; off on CPU), bf16, fp16 or off",
     "max_minutes": "stop, after a checkpoint, when this much wall-clock time is spent",
+    "max_batches": "stop, after a checkpoint, when this many batches are trained in total",
     "device": "auto (the process's GPU when there is one, else the CPU), cpu, cuda, cuda:N",
     "model_kwargs": "JSON object of AsrModel options (decoder_dim, joiner_dim, ...)",
     "encoder_kwargs": "JSON object of encoder config overrides",

@@ -82,6 +82,7 @@ class TrainConfig:
     on_the_fly_feats: bool = True
     noise_cuts: str | None = None
     max_minutes: float | None = None  # stop (after a checkpoint) when the wall-clock budget is spent
+    max_batches: int | None = None  # stop (after a checkpoint) at this batch count: runs compared at equal work
     device: str = "auto"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     encoder_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -388,7 +389,7 @@ class Trainer:
         self.exp_dir.mkdir(parents=True, exist_ok=True)
         self.resume()
         started = time.monotonic()
-        out_of_time = False
+        out_of_time = config.max_batches is not None and self.state.batch_idx_train >= config.max_batches
         while self.state.epoch <= config.num_epochs and not out_of_time:
             epoch = self.state.epoch
             self.scheduler.step_epoch(epoch - 1)
@@ -454,6 +455,12 @@ class Trainer:
                 window = {"loss": 0.0, "frames": 0.0, "utterances": 0.0, "time": time.monotonic()}
             if self.state.batch_idx_train % config.save_every_n == 0:
                 self.save(f"checkpoint-{self.state.batch_idx_train}.pt")
+            if config.max_batches is not None and self.state.batch_idx_train >= config.max_batches:
+                log.info("reached %d batches; saving and stopping", config.max_batches)
+                if self.state.batch_idx_train % config.save_every_n != 0:
+                    self.save(f"checkpoint-{self.state.batch_idx_train}.pt")
+                progress.close()
+                return True
             if config.max_minutes is not None and dist_utils.any_true(
                 time.monotonic() - started > 60 * config.max_minutes, self.world
             ):
