@@ -42,6 +42,8 @@ HELP = {
     "amp": "auto (bf16 where the GPU has it, else fp16; off on CPU), bf16, fp16 or off",
     "max_minutes": "stop, after a checkpoint, when this much wall-clock time is spent",
     "device": "auto (the process's GPU when there is one, else the CPU), cpu, cuda, cuda:N",
+    "compile": "run the encoder through torch.compile (dynamic shapes, so batch lengths do not recompile; "
+    "the first batches wait for the compilation)",
     "model_kwargs": "JSON object of AsrModel options (decoder_dim, joiner_dim, ...)",
     "encoder_kwargs": "JSON object of encoder config overrides",
     "noise_cuts": "CutSet of noise to mix into training cuts",
