@@ -43,6 +43,8 @@ HELP = {
     "max_minutes": "stop, after a checkpoint, when this much wall-clock time is spent",
     "max_batches": "stop, after a checkpoint, when this many batches are trained in total",
     "device": "auto (the process's GPU when there is one, else the CPU), cpu, cuda, cuda:N",
+    "compile": "run the encoder through torch.compile (dynamic shapes, so batch lengths do not recompile; "
+    "the first batches wait for the compilation)",
     "model_kwargs": "JSON object of AsrModel options (decoder_dim, joiner_dim, ...)",
     "encoder_kwargs": "JSON object of encoder config overrides",
     "noise_cuts": "CutSet of noise to mix into training cuts",

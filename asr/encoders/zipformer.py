@@ -163,7 +163,8 @@ def _fill_past_end(x: Tensor, lengths: Tensor | None) -> Tensor:
     if lengths is None:
         return x
     num_frames = x.size(0)
-    if bool((lengths >= num_frames).all()):
+    # (A host sync, spared in a compiled graph: there the masked copy below is the same.)
+    if not torch.compiler.is_compiling() and bool((lengths >= num_frames).all()):
         return x
     last = (lengths.clamp(min=1, max=num_frames) - 1).to(x.device)
     last_frame = x.gather(0, last.view(1, -1, 1).expand(1, x.size(1), x.size(2)))
@@ -205,7 +206,8 @@ class BypassModule(nn.Module):
 
     def forward(self, src_orig: Tensor, src: Tensor) -> Tensor:
         """Both ``(T, N, C)``."""
-        return src_orig + (src - src_orig) * self._scale(src.shape[1])
+        # lerp is orig + (src - orig) * scale in one pass (three passes and allocations otherwise).
+        return torch.lerp(src_orig, src, self._scale(src.shape[1]))
 
 
 class SimpleDownsample(nn.Module):
@@ -222,10 +224,11 @@ class SimpleDownsample(nn.Module):
         num_frames, batch_size, channels = src.shape
         ds = self.downsample
         out_frames = (num_frames + ds - 1) // ds
-        # No Python branch on `pad`: a traced (ONNX) graph must pad whatever the length (an empty cat at 0).
-        pad = out_frames * ds - num_frames
-        src = torch.cat((src, src[-1:].expand(pad, batch_size, channels)), dim=0)
-        src = src.reshape(out_frames, ds, batch_size, channels)
+        # Pad with the last frame by clamped indices: nothing depends on the pad's size, so a traced (ONNX)
+        # graph pads whatever the length, and torch.compile does not specialise on it (expanding the last
+        # frame to `pad` rows would recompile for pad == 1).
+        frames = torch.arange(out_frames * ds, device=src.device).clamp(max=num_frames - 1)
+        src = src.index_select(0, frames).reshape(out_frames, ds, batch_size, channels)
         weights = self.bias.softmax(dim=0).view(1, ds, 1, 1)
         return (src * weights).sum(dim=1)
 
@@ -310,23 +313,23 @@ class RelPositionMultiheadAttentionWeights(nn.Module):
         row per relative offset as CompactRelPositionalEncoding lays them out (the last ``T_q`` queries
         and ``T_k`` keys of the window share a time axis)."""
         h, batch_size, num_queries, _ = p.shape
-        pos = self.linear_pos(pos_emb)
+        # One zero row past the last offset: the view below needs it, the matmul takes one column more.
+        pos = nn.functional.pad(self.linear_pos(pos_emb), (0, 0, 0, 1))
         num_offsets = pos.shape[1]
         pos = pos.reshape(-1, num_offsets, h, self.pos_head_dim).permute(2, 0, 3, 1)
         scores = torch.matmul(p, pos)  # (H, N, T_q, num_offsets)
-        # Query i against key j needs offset column (T_q - 1 - i) + j: a view that starts row i one
-        # column further left than row i - 1 turns (offset) columns into (key) columns without a copy.
+        # Query i against key j needs offset column (T_q - 1 - i) + j.
         if torch.jit.is_tracing():
-            # ONNX has no strided view: gather the same columns (the exported graph, asr.export).
+            # The exported graph (asr.export) gathers the columns: ONNX has no strided views.
             rows = torch.arange(num_queries - 1, -1, -1, device=p.device).unsqueeze(-1)
             columns = (rows + torch.arange(num_keys, device=p.device)).expand(h, batch_size, num_queries, num_keys)
             return scores.gather(3, columns)
-        s = scores.stride()
-        return scores.as_strided(
-            (h, batch_size, num_queries, num_keys),
-            (s[0], s[1], s[2] - s[3], s[3]),
-            storage_offset=scores.storage_offset() + s[3] * (num_queries - 1),
-        )
+        # Flattened, (i, j) is element (T_q - 1) + i (num_offsets - 1) + j: from element T_q - 1 on, rows
+        # of num_offsets - 1 hold the keys first. A view, so no copy (and plain slicing, which
+        # torch.compile traces, unlike as_strided with a storage offset).
+        flat = scores.reshape(h, batch_size, num_queries * num_offsets)
+        rows = flat[..., num_queries - 1 : num_queries - 1 + num_queries * (num_offsets - 1)]
+        return rows.reshape(h, batch_size, num_queries, num_offsets - 1)[..., :num_keys]
 
     def forward(
         self,
@@ -367,17 +370,21 @@ class RelPositionMultiheadAttentionWeights(nn.Module):
                 backend="triton",
             )
         k = k.reshape(num_frames, batch_size, self.num_heads, self.query_head_dim).permute(2, 1, 3, 0)
+        # The matmul's output is fresh and its backward reads only q and k: update it in place, so the
+        # (H, N, T, T) scores are not copied for each term and mask (the penalty's output is an alias
+        # that autograd does not let us modify, so after it the masks copy).
         scores = torch.matmul(q, k)
         if use_pos:
-            scores = scores + self._pos_scores(p, pos_emb, num_frames)
+            scores.add_(self._pos_scores(p, pos_emb, num_frames))
         if penalize:
             # Fail-safe against implausibly large scores (a penalty in backprop only).
             scores = penalize_abs_values_gt(scores, limit=25.0, penalty=1.0e-04, name=self.name)
+        masked_fill = Tensor.masked_fill if penalize else Tensor.masked_fill_
         # -1000, not -inf: fully masked rows stay finite, and exp(-1000) is exactly 0.
         if attn_mask is not None:
-            scores = scores.masked_fill(attn_mask, -1000)
+            scores = masked_fill(scores, attn_mask, -1000)
         if key_padding_mask is not None:
-            scores = scores.masked_fill(key_padding_mask.unsqueeze(1), -1000)
+            scores = masked_fill(scores, key_padding_mask.unsqueeze(1), -1000)
         weights = softmax(scores, dim=-1)
         if relax:
             mask = attn_mask
@@ -554,7 +561,7 @@ class ConvolutionModule(nn.Module):
             self.depthwise_conv = DepthwiseConv1d(channels, kernel_size=kernel_size, padding=kernel_size // 2)
         self.balancer2 = Balancer(
             channels,
-            channel_dim=1,
+            channel_dim=-1,
             min_positive=ScheduledFloat((0.0, 0.1), (8000.0, 0.05)),
             max_positive=1.0,
             min_abs=ScheduledFloat((0.0, 0.2), (20000.0, 0.5)),
@@ -568,36 +575,43 @@ class ConvolutionModule(nn.Module):
         )
 
     def _gate(self, x: Tensor, key_padding_mask: Tensor | None, balance: bool) -> Tensor:
+        """``(T, N, C)`` -> gated ``(N, T, C)``, zero on padded frames."""
         x, s = self.in_proj(x).chunk(2, dim=-1)
         if balance:
             s = self.balancer1(s)
         x = self.activation2(self.activation1(x) * self.sigmoid(s))
-        x = x.permute(1, 2, 0)  # (N, C, T)
+        x = x.transpose(0, 1)
         if key_padding_mask is not None:
-            x = x.masked_fill(key_padding_mask.unsqueeze(1), 0.0)
+            x = x.masked_fill(key_padding_mask.unsqueeze(-1), 0.0)
         return x
 
+    def _chunked_conv(self, x: Tensor, chunk_size: int) -> Tensor:
+        """The chunk-causal depthwise conv, ``(N, C, T)`` in and out."""
+        if chunk_size < 0:
+            return self.depthwise_conv(x)
+        num_frames = x.shape[-1]
+        if 0 < num_frames < chunk_size:
+            # A sequence shorter than one chunk is a partial chunk, as it is in a longer padded batch and
+            # in streaming: zero-pad it to a full chunk so the within-chunk position scales are the same
+            # (the conv alone would shrink the chunk to the sequence).
+            x = nn.functional.pad(x, (0, chunk_size - num_frames))
+        return self.depthwise_conv(x, chunk_size=chunk_size)[..., :num_frames]
+
     def forward(self, x: Tensor, src_key_padding_mask: Tensor | None = None, chunk_size: int = -1) -> Tensor:
-        x = self._gate(x, src_key_padding_mask, balance=True)
-        if chunk_size >= 0:
-            if not self.causal:
-                raise ValueError("chunked convolution needs a model built with causal=True")
-            num_frames = x.shape[-1]
-            if 0 < num_frames < chunk_size:
-                # A sequence shorter than one chunk is a partial chunk, as it is in a longer padded batch
-                # and in streaming: zero-pad it to a full chunk so the within-chunk position scales are
-                # the same (the conv alone would shrink the chunk to the sequence).
-                x = nn.functional.pad(x, (0, chunk_size - num_frames))
-            x = self.depthwise_conv(x, chunk_size=chunk_size)[..., :num_frames]
+        x = self._gate(x, src_key_padding_mask, balance=True)  # (N, T, C)
+        if self.causal:
+            x = self._chunked_conv(x.transpose(1, 2), chunk_size).transpose(1, 2)
+        elif chunk_size >= 0:
+            raise ValueError("chunked convolution needs a model built with causal=True")
         else:
-            x = self.depthwise_conv(x)
-        x = self.balancer2(x).permute(2, 0, 1)
-        return self.out_proj(self.whiten(x))
+            x = self.depthwise_conv.forward_channels_last(x)
+        # Frame-wise from here: stay batch-first (a time-first view would make out_proj copy its input).
+        return self.out_proj(self.whiten(self.balancer2(x))).transpose(0, 1)
 
     def streaming_forward(self, x: Tensor, cache: Tensor, src_key_padding_mask: Tensor) -> tuple[Tensor, Tensor]:
         """``cache`` ``(N, C, kernel // 2)``; returns the output and the new cache."""
         x = self._gate(x, src_key_padding_mask, balance=False)
-        x, cache = self.depthwise_conv.streaming_forward(x, cache=cache)
+        x, cache = self.depthwise_conv.streaming_forward(x.transpose(1, 2), cache=cache)
         return self.out_proj(x.permute(2, 0, 1)), cache
 
 
@@ -698,8 +712,14 @@ class Zipformer2EncoderLayer(nn.Module):
         return (torch.rand(x.shape[1], 1, device=x.device) > rate).to(x.dtype)
 
     @staticmethod
-    def _masked(x: Tensor, mask: Tensor | None) -> Tensor:
-        return x if mask is None else x * mask
+    def _add(src: Tensor, x: Tensor, keep: Tensor | None = None) -> Tensor:
+        """``src + x * keep`` (``keep`` a per-utterance ``(N, 1)`` mask, None = keep all). Without an autograd
+        graph ``src`` must be the layer's own tensor: it is updated in place, sparing a copy of the stream."""
+        if keep is not None:
+            return torch.addcmul(src, x, keep)
+        if torch.is_grad_enabled() and (src.requires_grad or x.requires_grad):
+            return src + x
+        return src.add_(x)
 
     def forward(
         self,
@@ -715,26 +735,26 @@ class Zipformer2EncoderLayer(nn.Module):
         attn_weights = self.self_attn_weights(
             src, pos_emb=pos_emb, attn_mask=attn_mask, key_padding_mask=src_key_padding_mask
         )
-        src = src + self.feed_forward1(src)
+        src = src + self.feed_forward1(src)  # a new tensor: `_add` may update it in place from here
 
         attention_keep = self._skip_mask(src, self.attention_skip_rate)
         na = self.nonlin_attention(src, attention_weights(attn_weights, slice(0, 1)))
-        src = src + self._masked(self.balancer_na(na), attention_keep)
-        src = src + self._masked(self.self_attn1(src, attn_weights), attention_keep)
+        src = self._add(src, self.balancer_na(na), attention_keep)
+        src = self._add(src, self.self_attn1(src, attn_weights), attention_keep)
         conv_keep = self._skip_mask(src, self.conv_skip_rate)
         conv = self.conv_module1(src, chunk_size=chunk_size, src_key_padding_mask=src_key_padding_mask)
-        src = src + self._masked(conv, conv_keep)
+        src = self._add(src, conv, conv_keep)
         ff2_keep = self._skip_mask(src, self.ff2_skip_rate)
-        src = src + self._masked(self.balancer_ff2(self.feed_forward2(src)), ff2_keep)
+        src = self._add(src, self.balancer_ff2(self.feed_forward2(src)), ff2_keep)
 
         src = self.bypass_mid(src_orig, src)
 
-        src = src + self._masked(self.self_attn2(src, attn_weights), attention_keep)
+        src = self._add(src, self.self_attn2(src, attn_weights), attention_keep)
         conv_keep = self._skip_mask(src, self.conv_skip_rate)
         conv = self.conv_module2(src, chunk_size=chunk_size, src_key_padding_mask=src_key_padding_mask)
-        src = src + self._masked(conv, conv_keep)
+        src = self._add(src, conv, conv_keep)
         ff3_keep = self._skip_mask(src, self.ff3_skip_rate)
-        src = src + self._masked(self.balancer_ff3(self.feed_forward3(src)), ff3_keep)
+        src = self._add(src, self.balancer_ff3(self.feed_forward3(src)), ff3_keep)
 
         src = self.norm(self.balancer1(src))
         src = self.bypass(src_orig, src)
@@ -822,12 +842,15 @@ class Zipformer2Encoder(nn.Module):
         """``src`` ``(T, N, C)``; ``feature_mask`` multiplies the input and every layer's output.
         ``lengths`` is accepted so every stack has one signature; at full rate nothing is downsampled."""
         pos_emb = self.encoder_pos(src)
-        out = src * feature_mask
+        # The mask is the float 1.0 outside training: skip the multiplications (each a copy of the stream).
+        masked = isinstance(feature_mask, Tensor)
+        out = src * feature_mask if masked else src
         for layer in self.layers:
             out = layer(
                 out, pos_emb, chunk_size=chunk_size, attn_mask=attn_mask, src_key_padding_mask=src_key_padding_mask
             )
-            out = out * feature_mask
+            if masked:
+                out = out * feature_mask
         return out
 
     def streaming_forward(
@@ -1184,8 +1207,14 @@ class ZipformerEncoder(StreamingEncoder):
         """``x`` ``(N, T, F)`` fbank, ``x_lens`` ``(N,)``; returns ``(N, T', output_dim)`` and ``(N,)``."""
         x, x_lens = self.encoder_embed(x, x_lens)
         padding_mask = torch.arange(x.shape[1], device=x.device) >= x_lens.unsqueeze(-1)
+        if not torch.compiler.is_compiling() and not bool(padding_mask.any()):
+            # Nothing to mask: spare every layer its masking passes. (A host sync; a compiled graph keeps
+            # the mask instead of branching on data.)
+            padding_mask = None
         chunk_size, left_context_chunks = self._chunking()
-        y, y_lens = self.encoder(x.transpose(0, 1), x_lens, padding_mask, chunk_size, left_context_chunks)
+        # Time-first and contiguous: with a transposed view every linear layer of the first stack would copy.
+        x = x.transpose(0, 1).contiguous()
+        y, y_lens = self.encoder(x, x_lens, padding_mask, chunk_size, left_context_chunks)
         return y.transpose(0, 1), y_lens
 
     # -- streaming -----------------------------------------------------------------------------------

@@ -78,6 +78,8 @@ class Recognizer:
         max_frames: fbank frames (10 ms) per padded batch.
         max_segment_seconds, segment_overlap_seconds: longer audio is decoded in segments of this length
             overlapping by this much.
+        compile: run the encoder through ``torch.compile`` (:meth:`asr.models.AsrModel.compile_encoder`;
+            the first batch waits for the compilation).
     Raises:
         ValueError: the options do not fit the model (a search it has no head for, ``chunk_size`` on a
             model that cannot stream, an LM over other tokens); the message names the option.
@@ -91,6 +93,7 @@ class Recognizer:
         max_frames: int = 30000,
         max_segment_seconds: float = 30.0,
         segment_overlap_seconds: float = 2.0,
+        compile: bool = False,
     ):
         options = options if options is not None else DecodingOptions()
         if getattr(model, "tokenizer", None) is None:
@@ -105,6 +108,10 @@ class Recognizer:
                 pass  # raises ValueError for settings the encoder cannot stream with
         if not 0 <= segment_overlap_seconds < max_segment_seconds / 2:
             raise ValueError("segment_overlap_seconds must be in [0, max_segment_seconds / 2)")
+        if compile:
+            if not isinstance(model, AsrModel):
+                raise ValueError(f"compile needs a PyTorch model, not a {type(model).__name__}")
+            model.compile_encoder()
         self.model = model.eval()
         self.tokenizer = model.tokenizer
         self.options = options
@@ -124,16 +131,18 @@ class Recognizer:
         lang_dir: str | Path | None = None,
         options: DecodingOptions | None = None,
         backend: str = "torch",
+        compile: bool = False,
         **option_values,
     ) -> Recognizer:
         """A recognizer over the model in ``path`` (a training checkpoint, a model file or an experiment
         dir); decoding options as a :class:`DecodingOptions` or as its fields (``method=..., beam=...``).
         ``backend="onnxruntime"``: ``path`` is an offline ``asr export onnx`` directory, whose graphs
-        onnxruntime runs (:mod:`asr.export.backend`)."""
+        onnxruntime runs (:mod:`asr.export.backend`). ``compile``: see :class:`Recognizer` (torch only)."""
         from asr.export.backend import load_backend_model
 
         options = replace(options or DecodingOptions(), **option_values)
-        return cls(load_backend_model(backend, path, device, lang_dir, streaming=False), options)
+        model = load_backend_model(backend, path, device, lang_dir, streaming=False)
+        return cls(model, options, compile=compile)
 
     # -- audio in ------------------------------------------------------------------------------------------
     def features(self, audio: Audio, sample_rate: int | None = None, name: str = "audio") -> torch.Tensor:

@@ -69,7 +69,12 @@ class ConformerConvModule(nn.Module):
             x = x.masked_fill(padding_mask.unsqueeze(1), 0.0)
         if self.causal:
             x = F.pad(x, (self.kernel_size - 1, 0))
-        return self._finish(self.depthwise_conv(x))
+        return self._finish(self._depthwise(x))
+
+    def _depthwise(self, x: Tensor) -> Tensor:
+        """The depthwise conv, ``(N, C, T)`` in and out, run channels-last (the faster layout on CPU, the
+        same one the Zipformer's convolution modules use)."""
+        return self.depthwise_conv.forward_channels_last(x.transpose(1, 2)).transpose(1, 2)
 
     def init_cache(self, batch_size: int, device: torch.device | str = "cpu") -> Tensor:
         """Zero left context for a new stream: ``(N, C_out, K - 1)``."""
@@ -82,7 +87,7 @@ class ConformerConvModule(nn.Module):
             raise RuntimeError("streaming_forward needs a causal ConformerConvModule")
         x = torch.cat([cache, self._gated(x)], dim=2)
         new_cache = x[:, :, x.size(2) - (self.kernel_size - 1) :]
-        return self._finish(self.depthwise_conv(x)), new_cache
+        return self._finish(self._depthwise(x)), new_cache
 
 
 class Conv2dSubsampling4(nn.Module):

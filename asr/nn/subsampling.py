@@ -70,12 +70,13 @@ class ConvNeXt(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``x``: ``(N, C, T, F)``; returns the same shape."""
         residual = self._residual(x)
-        if self.training:
-            rate = float(self.layerdrop_rate)
-            if rate != 0.0:
-                keep = torch.rand(x.shape[0], 1, 1, 1, dtype=x.dtype, device=x.device) > rate
-                residual = residual * keep
-        x = self.out_balancer(x + residual)
+        rate = float(self.layerdrop_rate) if self.training else 0.0
+        if rate != 0.0:
+            keep = torch.rand(x.shape[0], 1, 1, 1, dtype=x.dtype, device=x.device) > rate
+            x = torch.addcmul(x, residual, keep.to(x.dtype))  # x + residual * keep in one pass
+        else:
+            x = x + residual
+        x = self.out_balancer(x)
         # Whiten wants channels last.
         return self.out_whiten(x.transpose(1, 3)).transpose(1, 3)
 
@@ -165,7 +166,7 @@ class Conv2dSubsampling(nn.Module):
         out_lens = self.output_lengths(x_lens)
         x = self.conv(x.unsqueeze(1))  # (N, C, T', F')
         past_end = torch.arange(x.size(2), device=x.device) >= out_lens.unsqueeze(-1)
-        x = x.masked_fill(past_end[:, None, :, None], 0.0)
+        x = x.masked_fill_(past_end[:, None, :, None], 0.0)  # in place: the activation's fresh output
         if self.convnext is not None:
             x = self.convnext(x)
         x = self._flatten_and_project(x)

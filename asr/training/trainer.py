@@ -84,6 +84,7 @@ class TrainConfig:
     max_minutes: float | None = None  # stop (after a checkpoint) when the wall-clock budget is spent
     max_batches: int | None = None  # stop (after a checkpoint) at this batch count: runs compared at equal work
     device: str = "auto"
+    compile: bool = False  # torch.compile the encoder's forward (AsrModel.compile_encoder)
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     encoder_kwargs: dict[str, Any] = field(default_factory=dict)
 
@@ -192,6 +193,8 @@ class Trainer:
             encoder_kwargs=config.encoder_kwargs,
             **config.model_kwargs,
         ).to(self.device)
+        if config.compile:
+            self.model.compile_encoder()
         # The running average is kept in float64 on rank 0 only (icefall's model_avg).
         self.model_avg: AsrModel | None = None
         if self.world.is_main:

@@ -106,7 +106,7 @@ def _reset_peak_rss() -> bool:
 def _run_worker(args: argparse.Namespace) -> dict:
     import torch
 
-    from asr.training.trainer import set_batch_count
+    from asr.training.trainer import scheduled_modules, set_batch_count
 
     torch.set_num_threads(args.threads)
     # Both generators: Zipformer's balancers and positional-score skipping draw from Python's `random`.
@@ -130,7 +130,7 @@ def _run_worker(args: argparse.Namespace) -> dict:
         output_frames.append(y.shape[1])
 
     model.train(args.mode == "train")
-    set_batch_count(model, 10_000.0)
+    set_batch_count(scheduled_modules(model), 10_000.0)
     # The same step on one 1 s utterance first, so that lazily initialised kernels and buffers of the
     # math libraries are resident before the baseline and do not count as the batch's memory.
     step(x[:1, :100], x_lens[:1].clamp(max=100))

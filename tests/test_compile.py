@@ -1,0 +1,68 @@
+"""torch.compile of the encoders (``AsrModel.compile_encoder``, ``asr train --compile``,
+``Recognizer(compile=True)``): compiled and eager forwards give the same output, and a new batch shape
+reuses the compiled code (dynamic shapes) instead of recompiling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch._dynamo
+
+from asr.checkpoint import save_model
+from asr.data.tokenizer import build_char_tokenizer
+from asr.encoders import build_encoder
+from asr.inference import Recognizer
+from asr.models import AsrModel, build_model
+
+from helpers.tiny_models import TINY_ZIPFORMER
+
+pytestmark = pytest.mark.slow
+
+
+def _batch(seed: int, lengths: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fbank-like ``(N, max(lengths), 80)`` and lengths ``(N,)``, padded with zeros."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(len(lengths), max(lengths), 80, generator=generator)
+    for i, length in enumerate(lengths):
+        x[i, length:] = 0.0
+    return x, torch.tensor(lengths)
+
+
+@pytest.mark.parametrize("name", ["zipformer-xs", "conformer-xs"])
+def test_compiled_encoder_equals_eager_and_does_not_recompile_for_new_shapes(name):
+    torch.manual_seed(0)
+    model = AsrModel(build_encoder(name), vocab_size=20).eval()
+    eager = [_batch(1, [400, 331]), _batch(2, [523, 523, 260])]
+    with torch.no_grad():
+        expected = [model.encode(x, x_lens) for x, x_lens in eager]
+        model.compile_encoder()
+        torch._dynamo.reset()
+        y, y_lens = model.encode(*eager[0])
+        torch.testing.assert_close(y, expected[0][0], rtol=0, atol=1e-4)
+        assert torch.equal(y_lens, expected[0][1])
+        # Another batch size, length and padding: the same compiled graph.
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            y, y_lens = model.encode(*eager[1])
+        torch.testing.assert_close(y, expected[1][0], rtol=0, atol=1e-4)
+        assert torch.equal(y_lens, expected[1][1])
+
+
+def test_recognizer_with_compiled_encoder_decodes_as_the_eager_one(tmp_path):
+    tokenizer = build_char_tokenizer(["abcdefghij"], tmp_path / "lang")
+    torch.manual_seed(0)
+    model = build_model(
+        "zipformer-xs", tokenizer.vocab_size, heads=("transducer",), encoder_kwargs=TINY_ZIPFORMER, decoder_dim=16
+    )
+    with torch.no_grad():  # varied tokens, so that the decodes are not empty
+        for name, parameter in model.named_parameters():
+            if not name.startswith("encoder."):
+                parameter.add_(torch.randn_like(parameter))
+    tokens = (tmp_path / "lang" / "tokens.txt").read_bytes()
+    path = save_model(tmp_path / "model.pt", model, extra={"tokenizer": {"tokens.txt": tokens}})
+    rng = np.random.default_rng(0)
+    clips = [(0.1 * rng.standard_normal(16000 * seconds)).astype(np.float32) for seconds in (2, 3)]
+    eager = Recognizer.from_checkpoint(path).transcribe_batch(clips, 16000)
+    compiled = Recognizer.from_checkpoint(path, compile=True).transcribe_batch(clips, 16000)
+    assert [r.text for r in compiled] == [r.text for r in eager]
+    assert any(r.text for r in eager)
