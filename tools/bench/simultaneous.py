@@ -103,7 +103,7 @@ def transducer_point(model, cuts: str, chunk_size: int, left_context_frames: int
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cuts", required=True, help="CutSet with reference texts (and audio, for the transducer)")
+    parser.add_argument("--cuts", help="CutSet with reference texts (and audio, for the transducer)")
     parser.add_argument("--aed-checkpoint", help="a checkpoint with an attention decoder (edatt/alignatt rows)")
     parser.add_argument("--transducer-checkpoint", help="a causal transducer checkpoint (chunked rows)")
     parser.add_argument("--average-batches", type=int, default=None, help="decode models averaged over N batches")
@@ -119,6 +119,10 @@ def main() -> None:
     parser.add_argument("--json", default=str(REPO / "tools/bench/results/simultaneous.json"))
     parser.add_argument("--append", action="store_true", help="add the rows to those already in --json")
     args = parser.parse_args()
+    if not (args.aed_checkpoint or args.transducer_checkpoint) or not args.cuts:
+        # Nothing to measure without trained models (`make bench` runs every script with its defaults).
+        print("simultaneous.py: give --cuts and --aed-checkpoint and/or --transducer-checkpoint; nothing measured")
+        return
     torch.set_num_threads(args.threads)
     cuts_path = args.cuts
     if args.every > 1:
