@@ -9,13 +9,11 @@ import pytest
 import torch
 import torch._dynamo
 
-from asr.checkpoint import save_model
-from asr.data.tokenizer import build_char_tokenizer
 from asr.encoders import build_encoder
 from asr.inference import Recognizer
-from asr.models import AsrModel, build_model
+from asr.models import AsrModel
 
-from helpers.tiny_models import TINY_ZIPFORMER
+from helpers.tiny_models import save_tiny_char_transducer
 
 pytestmark = pytest.mark.slow
 
@@ -49,17 +47,7 @@ def test_compiled_encoder_equals_eager_and_does_not_recompile_for_new_shapes(nam
 
 
 def test_recognizer_with_compiled_encoder_decodes_as_the_eager_one(tmp_path):
-    tokenizer = build_char_tokenizer(["abcdefghij"], tmp_path / "lang")
-    torch.manual_seed(0)
-    model = build_model(
-        "zipformer-xs", tokenizer.vocab_size, heads=("transducer",), encoder_kwargs=TINY_ZIPFORMER, decoder_dim=16
-    )
-    with torch.no_grad():  # varied tokens, so that the decodes are not empty
-        for name, parameter in model.named_parameters():
-            if not name.startswith("encoder."):
-                parameter.add_(torch.randn_like(parameter))
-    tokens = (tmp_path / "lang" / "tokens.txt").read_bytes()
-    path = save_model(tmp_path / "model.pt", model, extra={"tokenizer": {"tokens.txt": tokens}})
+    path = save_tiny_char_transducer(tmp_path)
     rng = np.random.default_rng(0)
     clips = [(0.1 * rng.standard_normal(16000 * seconds)).astype(np.float32) for seconds in (2, 3)]
     eager = Recognizer.from_checkpoint(path).transcribe_batch(clips, 16000)

@@ -8,31 +8,17 @@ import re
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
 from asr import cli
-from asr.checkpoint import save_model
-from asr.data.tokenizer import build_char_tokenizer
 from asr.inference import Recognizer
-from asr.models import build_model
 
-from helpers.tiny_models import TINY_ZIPFORMER
+from helpers.tiny_models import save_tiny_char_transducer
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("decode_input")
-    tokenizer = build_char_tokenizer(["abcdefghij"], root / "lang")
-    torch.manual_seed(0)
-    model = build_model(
-        "zipformer-xs", tokenizer.vocab_size, heads=("transducer",), encoder_kwargs=TINY_ZIPFORMER, decoder_dim=16
-    ).eval()
-    with torch.no_grad():  # varied tokens, so that a decoded file shows as text
-        for name, parameter in model.named_parameters():
-            if not name.startswith("encoder."):
-                parameter.add_(torch.randn_like(parameter))
-    tokens = (root / "lang" / "tokens.txt").read_bytes()
-    path = save_model(root / "model.pt", model, extra={"tokenizer": {"tokens.txt": tokens}})
+    path = save_tiny_char_transducer(root)
     rng = np.random.default_rng(0)
     files = {}
     for name, seconds in (("good", 1.2), ("good2", 0.8), ("short", 0.05)):

@@ -6,6 +6,8 @@ tokens separated by silent frames, plus Gaussian noise. ``TinyEncoder`` stands i
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -28,6 +30,27 @@ TINY_ZIPFORMER = dict(
 )
 TINY_CONFORMER = dict(encoder_dim=32, num_layers=2, num_heads=4, feedforward_dim=64, kernel_size=7)
 TINY_TRANSFORMER = dict(encoder_dim=32, num_layers=2, num_heads=4, feedforward_dim=64)
+
+
+def save_tiny_char_transducer(root: Path) -> Path:
+    """A tiny Zipformer transducer over the characters ``a``-``j`` saved with its tokenizer under ``root``
+    (``root/model.pt``); seeded, with noisy decoder and joiner weights so that its decodes show text."""
+    from asr.checkpoint import save_model
+    from asr.data.tokenizer import build_char_tokenizer
+    from asr.models import build_model
+
+    tokenizer = build_char_tokenizer(["abcdefghij"], root / "lang")
+    torch.manual_seed(0)
+    model = build_model(
+        "zipformer-xs", tokenizer.vocab_size, heads=("transducer",), encoder_kwargs=TINY_ZIPFORMER, decoder_dim=16
+    ).eval()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if not name.startswith("encoder."):
+                parameter.add_(torch.randn_like(parameter))
+    tokens = (root / "lang" / "tokens.txt").read_bytes()
+    return save_model(root / "model.pt", model, extra={"tokenizer": {"tokens.txt": tokens}})
+
 
 # Token ids 0..VOCAB-1, 0 the blank; FEATURES-dim input frames.
 VOCAB = 6

@@ -22,8 +22,8 @@ import atexit
 import json
 import os
 import platform
-import tempfile
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -114,7 +114,9 @@ def main() -> None:
     parser.add_argument("--beam", type=int, default=4, help="beam of the search behind the policies")
     parser.add_argument("--chunk-sizes", type=ints, default=ints("16,32,64"), help="transducer chunks (frames)")
     parser.add_argument("--left-context-frames", type=int, default=None)
-    parser.add_argument("--every", type=int, default=1, help="decode every N-th cut only (a subset spread over the split)")
+    parser.add_argument(
+        "--every", type=int, default=1, help="decode every N-th cut only (a subset spread over the split)"
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", default=str(REPO / "tools/bench/results/simultaneous.json"))
     parser.add_argument("--append", action="store_true", help="add the rows to those already in --json")
@@ -155,8 +157,15 @@ def main() -> None:
         for alpha in args.alphas:
             options = DecodingOptions(method="edatt", alpha=alpha, lambda_frames=args.lambda_frames, **common)
             row = attention_point(model, args.cuts, options)
-            report({"system": f"EDAtt alpha={alpha:g} lambda={args.lambda_frames}", "method": "edatt",
-                    "alpha": alpha, **common, **row})
+            report(
+                {
+                    "system": f"EDAtt alpha={alpha:g} lambda={args.lambda_frames}",
+                    "method": "edatt",
+                    "alpha": alpha,
+                    **common,
+                    **row,
+                }
+            )
         for frames in args.align_frames:
             options = DecodingOptions(method="alignatt", align_frames=frames, **common)
             row = attention_point(model, args.cuts, options)
@@ -165,8 +174,9 @@ def main() -> None:
         model = load_model(args.transducer_checkpoint, torch.device("cpu"), None, None, args.average_batches)
         for chunk in args.chunk_sizes:
             row = transducer_point(model, args.cuts, chunk, args.left_context_frames)
-            report({"system": f"chunked transducer, chunk {chunk}", "method": "chunked_greedy",
-                    "chunk_size": chunk, **row})
+            report(
+                {"system": f"chunked transducer, chunk {chunk}", "method": "chunked_greedy", "chunk_size": chunk, **row}
+            )
     runs.append(
         {
             "machine": platform.processor() or platform.machine(),
