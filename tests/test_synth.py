@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -275,3 +276,112 @@ def test_chinese_fortune_texts(tmp_path):
         "保持合作。",
     ]
     assert sentences.load_chinese_sentences(path=path) == sorted(["请接受这一事实并保持礼貌", "意见不一致并不是借口"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Voice variation (--vary-voices)
+
+
+def _median_f0_hz(audio: np.ndarray, rate: int) -> float:
+    """Median F0 over voiced 64 ms frames by autocorrelation, searched in 60-400 Hz."""
+    frame = int(0.064 * rate)
+    lo, hi = rate // 400, rate // 60
+    f0 = []
+    for start in range(0, len(audio) - frame, frame // 2):
+        x = audio[start : start + frame]
+        if np.max(np.abs(x)) < 0.1:
+            continue
+        x = x - x.mean()
+        corr = np.correlate(x, x, "full")[frame - 1 :]
+        f0.append(rate / (lo + int(np.argmax(corr[lo:hi]))))
+    return float(np.median(f0))
+
+
+def _speak(tmp_path: Path, voice: synth.Voice, prosody: tuple, tag: str) -> np.ndarray:
+    text = "we were away a year ago when all of you were here"
+    utt = synth.Utterance(
+        f"vv-{tag}", "train", text, text, voice, 1.0 if voice.engine != "espeak" else 160.0, (), prosody
+    )
+    worker = synth.Synthesizer(tmp_path, tmp_path)
+    assert worker.synthesize([utt]) == [(utt.id, None)]
+    audio, rate = soundfile.read(tmp_path / utt.relpath, dtype="float32")
+    assert rate == synth.SAMPLE_RATE
+    return audio
+
+
+@pytest.mark.parametrize(
+    "voice, low, high",
+    [
+        (synth.Voice("flite", "kal16"), (("f0_hz", 80.0),), (("f0_hz", 150.0),)),
+        (
+            synth.Voice("festival", "kal"),
+            (("f0_hz", 80.0), ("f0_std_hz", 10.0)),
+            (("f0_hz", 150.0), ("f0_std_hz", 10.0)),
+        ),
+        (
+            synth.Voice("espeak", "en-us+m1"),
+            (("pitch", 10.0), ("word_gap", 0.0)),
+            (("pitch", 90.0), ("word_gap", 0.0)),
+        ),
+    ],
+)
+def test_voice_variation_moves_the_pitch(tmp_path, voice, low, high):
+    try:
+        synth.check_engines([voice.engine])
+    except synth.EngineMissingError as e:
+        pytest.skip(f"{voice.engine} not installed: {e}")
+    f0_low = _median_f0_hz(_speak(tmp_path, voice, low, "low"), synth.SAMPLE_RATE)
+    f0_high = _median_f0_hz(_speak(tmp_path, voice, high, "high"), synth.SAMPLE_RATE)
+    if dict(low).get("f0_hz"):  # flite and festival take the target mean in Hz
+        assert f0_low == pytest.approx(80.0, rel=0.15) and f0_high == pytest.approx(150.0, rel=0.15)
+    else:  # espeak's 0-99 pitch scale: a clear rise
+        assert f0_high > 1.4 * f0_low
+
+
+def test_voice_variation_adds_pauses_and_varies_piper(tmp_path):
+    _require_engines()
+    voice = synth.Voice("espeak", "en-us+m1")
+    lengths = [len(_speak(tmp_path, voice, (("pitch", 50.0), ("word_gap", g)), f"gap{g}")) for g in (0.0, 1.0, 4.0)]
+    # 11 words, 10 pauses: each gap unit lengthens every pause, at least 10 ms x 10 pauses per step.
+    assert lengths[0] + 0.1 * synth.SAMPLE_RATE < lengths[1] < lengths[2] - 0.2 * synth.SAMPLE_RATE
+    piper = synth.Voice("piper", "joe")
+    calm = _speak(tmp_path, piper, (("noise_scale", 0.35), ("noise_w_scale", 0.4)), "calm")
+    lively = _speak(tmp_path, piper, (("noise_scale", 0.95), ("noise_w_scale", 1.2)), "lively")
+    assert len(calm) != len(lively) or not np.allclose(calm, lively, atol=1e-3)
+
+
+def test_vary_voices_plan_changes_only_the_engine_options_of_its_splits():
+    texts = [f"sentence number {w} is here now {i}" for i, w in enumerate("abcdefghijklmnopqrstuvwxyz" * 2)]
+    plain = synth.plan_corpus(texts, 30, seed=5)
+    varied = synth.plan_corpus(texts, 30, seed=5, vary_voices=True)
+    assert varied == synth.plan_corpus(texts, 30, seed=5, vary_voices=True)
+    for a, b in zip(plain, varied, strict=True):
+        assert dataclasses.replace(b, id=a.id, prosody=()) == a
+        assert (a.id == b.id) == (not b.prosody)
+        assert (b.split == "train") == bool(b.prosody) or b.voice.name == "cmu_us_slt_arctic_hts"
+        expected_keys = {
+            "espeak": {"pitch", "word_gap"},
+            "flite": {"f0_hz"},
+            "festival": {"f0_hz", "f0_std_hz"} if b.voice.name != "cmu_us_slt_arctic_hts" else set(),
+            "piper": {"noise_scale", "noise_w_scale"},
+        }[b.voice.engine]
+        if b.split == "train":
+            assert set(dict(b.prosody)) == expected_keys
+    assert len({b.prosody for b in varied if b.prosody}) == sum(bool(b.prosody) for b in varied)
+
+
+def test_synth_vary_voices_records_the_options(tmp_path):
+    try:
+        synth.check_engines(["espeak"])
+    except synth.EngineMissingError as e:
+        pytest.skip(f"espeak-ng/sox not installed: {e}")
+    argv = ["data", "synth", "--out-dir", str(tmp_path), "--num-utts", "10", "--seed", "2", "--engines", "espeak"]
+    assert cli.main([*argv, "--vary-voices", "--num-workers", "1", "--no-progress"]) == 0
+    for split, cut_set in _load(tmp_path).items():
+        for cut in cut_set:
+            record = cut.supervisions[0].custom
+            assert record["transforms"] == []
+            if split == "train":
+                assert 20 <= record["prosody"]["pitch"] <= 80 and record["prosody"]["word_gap"] in range(5)
+            else:
+                assert record["prosody"] == {}

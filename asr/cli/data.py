@@ -46,7 +46,16 @@ def synth(argv: list[str] | None = None) -> int:
         " the supervisions record every transform applied",
     )
     parser.add_argument(
-        "--augment-splits", default="train", help=f"comma-separated splits of {','.join(SPLITS)} to augment"
+        "--augment-splits",
+        default="train",
+        help=f"comma-separated splits of {','.join(SPLITS)} that --augment and --vary-voices change",
+    )
+    parser.add_argument(
+        "--vary-voices",
+        action="store_true",
+        help="draw engine options per utterance that vary each voice: pitch level and range (espeak-ng, flite,"
+        " festival's diphone voices), pauses between words (espeak-ng), delivery and rhythm (piper); recorded"
+        " in the supervisions",
     )
     parser.add_argument(
         "--augment-codecs",
@@ -91,6 +100,7 @@ def synth(argv: list[str] | None = None) -> int:
             language=args.language,
             augment=augment,
             augment_splits=augment_splits,
+            vary_voices=args.vary_voices,
         )
     except (EngineMissingError, ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"asr data synth: error: {e}", file=sys.stderr)

@@ -76,6 +76,20 @@ NUM_BABBLE = 2
 NOISE_SECONDS = 30.0
 BABBLE_SOURCES = 16  # clean train utterances the babble is made of
 
+# Voice variation (``vary_voices``): engine options drawn per utterance that make one voice speak at
+# other pitch levels and ranges, with other pauses and prosody. Ranges are uniform.
+ESPEAK_PITCH = (20, 80)  # espeak-ng -p, 0-99 (50 is the voice's own)
+# espeak-ng -g: pause between words in its units (10 ms at its default speed, more when slower; any
+# non-zero gap also inserts a short pause of its own, ~50 ms).
+ESPEAK_WORD_GAP = (0, 4)
+F0_SCALE = (0.8, 1.25)  # factor on the voice's mean F0 (flite and festival's diphone voices)
+FESTIVAL_F0_STD_HZ = (8.0, 28.0)  # pitch range of festival's diphone voices (their own: 14)
+PIPER_NOISE_SCALE = (0.35, 0.95)  # piper's sampling noise (its own: 0.667): varied delivery
+PIPER_NOISE_W_SCALE = (0.4, 1.2)  # piper's duration noise (its own: 0.8): varied rhythm and pauses
+# Mean F0 of each voice, Hz: flite's measured on its output, festival's from its int_lr_params.
+FLITE_F0_HZ = {"kal16": 95.0, "awb": 130.0, "rms": 100.0, "slt": 175.0}
+FESTIVAL_DIPHONE_F0_HZ = {"kal": 105.0, "ked": 105.0}
+
 
 @dataclass(frozen=True)
 class Voice:
@@ -172,6 +186,7 @@ class Utterance:
     voice: Voice
     speed: float
     augment: tuple[Transform, ...] = ()  # acoustic transforms applied after synthesis, in order
+    prosody: tuple[tuple[str, float], ...] = ()  # engine options of voice variation (sample_prosody)
 
     @property
     def relpath(self) -> str:
@@ -253,6 +268,28 @@ def _normalized_mix(engines: Sequence[str], mix: dict[str, float]) -> dict[str, 
     return {e: w / total for e, w in weights.items() if w > 0}
 
 
+def sample_prosody(rng: np.random.Generator, voice: Voice) -> tuple[tuple[str, float], ...]:
+    """Engine options that vary ``voice``'s pitch, pitch range, pauses or delivery, drawn from the
+    ranges above; ``()`` for a voice the engine cannot vary (festival's HTS voice ignores them)."""
+
+    def draw(low_high: tuple[float, float], digits: int = 3) -> float:
+        return round(float(rng.uniform(*low_high)), digits)
+
+    if voice.engine == "espeak":
+        return (
+            ("pitch", float(rng.integers(ESPEAK_PITCH[0], ESPEAK_PITCH[1] + 1))),
+            ("word_gap", float(rng.integers(ESPEAK_WORD_GAP[0], ESPEAK_WORD_GAP[1] + 1))),
+        )
+    if voice.engine == "flite" and voice.name in FLITE_F0_HZ:
+        return (("f0_hz", round(FLITE_F0_HZ[voice.name] * draw(F0_SCALE), 1)),)
+    if voice.engine == "festival" and voice.name in FESTIVAL_DIPHONE_F0_HZ:
+        f0_hz = round(FESTIVAL_DIPHONE_F0_HZ[voice.name] * draw(F0_SCALE), 1)
+        return (("f0_hz", f0_hz), ("f0_std_hz", draw(FESTIVAL_F0_STD_HZ, 1)))
+    if voice.engine == "piper":
+        return (("noise_scale", draw(PIPER_NOISE_SCALE)), ("noise_w_scale", draw(PIPER_NOISE_W_SCALE)))
+    return ()
+
+
 def plan_corpus(
     sentences: Sequence[str],
     num_utts: int,
@@ -265,6 +302,7 @@ def plan_corpus(
     augment: AugmentConfig | None = None,
     augment_splits: Sequence[str] = ("train",),
     noise_dir: Path | None = None,
+    vary_voices: bool = False,
 ) -> list[Utterance]:
     """Assign a sentence, a voice and a speed to each of ``num_utts`` utterances.
 
@@ -277,7 +315,9 @@ def plan_corpus(
     With ``augment``, each utterance of ``augment_splits`` also gets a chain drawn by
     :func:`asr.data.acoustics.sample_chain` from a generator of (``seed``, split, index), apart from
     the draws above, so the rest of the plan is the same as without; noises are the bank files of
-    ``noise_dir`` (:func:`noise_files`). Without ``augment`` the plan is as it always was.
+    ``noise_dir`` (:func:`noise_files`). With ``vary_voices``, each utterance of ``augment_splits`` gets engine options
+    from :func:`sample_prosody` (pitch level and range, pauses, delivery), likewise from a generator
+    of its own. Without either the plan is as it always was.
     """
     lang = LANGUAGES[language]
     engines = list(lang.voices) if engines is None else engines
@@ -328,11 +368,17 @@ def plan_corpus(
             if augment is not None and split in augment_splits:
                 chain_rng = np.random.default_rng([seed, SPLITS.index(split), i])
                 chain = sample_chain(chain_rng, augment, noises, NOISE_SECONDS)
+            prosody: tuple[tuple[str, float], ...] = ()
+            if vary_voices and split in augment_splits:
+                prosody = sample_prosody(np.random.default_rng([seed, SPLITS.index(split), i, 1]), voice)
             key = f"{voice.speaker}|{speed}|{spoken}|{text}"
             if chain:  # an unaugmented utterance keeps the id it always had
                 key += "|" + json.dumps(describe_chain(chain), sort_keys=True)
+            if prosody:
+                key += "|" + json.dumps(prosody)
             digest = hashlib.sha1(key.encode()).hexdigest()[:8]
-            plan.append(Utterance(f"{id_prefix}-{split}-{i:06d}-{digest}", split, text, spoken, voice, speed, chain))
+            utt_id = f"{id_prefix}-{split}-{i:06d}-{digest}"
+            plan.append(Utterance(utt_id, split, text, spoken, voice, speed, chain, prosody))
     if not held_out:
         log.warning("engines %s have no held-out voice: test has no voice unseen in train", list(weights))
     return plan
@@ -440,15 +486,20 @@ class Synthesizer:
 
     def _espeak(self, utt: Utterance) -> None:
         raw = self.tmp_dir / f"{utt.id}.wav"
-        rate = str(int(utt.speed))
-        self._run(["espeak-ng", "-v", utt.voice.name, "-s", rate, "-w", str(raw), utt.spoken], "espeak-ng")
+        options = ["-s", str(int(utt.speed))]
+        prosody = dict(utt.prosody)
+        if prosody:
+            options += ["-p", str(int(prosody["pitch"])), "-g", str(int(prosody["word_gap"]))]
+        self._run(["espeak-ng", "-v", utt.voice.name, *options, "-w", str(raw), utt.spoken], "espeak-ng")
         self._finalize(utt, raw)
         raw.unlink(missing_ok=True)
 
     def _flite(self, utt: Utterance) -> None:
         raw = self.tmp_dir / f"{utt.id}.wav"
-        stretch = f"duration_stretch={1.0 / utt.speed:.4f}"
-        self._run(["flite", "-voice", utt.voice.name, "--setf", stretch, "-t", utt.spoken, "-o", str(raw)], "flite")
+        options = ["--setf", f"duration_stretch={1.0 / utt.speed:.4f}"]
+        if utt.prosody:
+            options += ["--setf", f"int_f0_target_mean={dict(utt.prosody)['f0_hz']}"]
+        self._run(["flite", "-voice", utt.voice.name, *options, "-t", utt.spoken, "-o", str(raw)], "flite")
         self._finalize(utt, raw)
         raw.unlink(missing_ok=True)
 
@@ -475,7 +526,8 @@ class Synthesizer:
         from piper.config import SynthesisConfig
 
         voice = self._piper_voice()
-        chunks = list(voice.synthesize(utt.spoken, SynthesisConfig(length_scale=1.0 / utt.speed)))
+        config = SynthesisConfig(length_scale=1.0 / utt.speed, **dict(utt.prosody))
+        chunks = list(voice.synthesize(utt.spoken, config))
         if not chunks:
             raise RuntimeError("piper produced no audio")
         audio = np.concatenate([c.audio_float_array for c in chunks]).astype("<f4")
@@ -497,6 +549,13 @@ class Synthesizer:
                 )
             else:
                 lines.append(f"(Parameter.set 'Duration_Stretch {1.0 / utt.speed:.4f})")
+                if utt.prosody:
+                    # The diphone voices' pitch model: a target mean and spread for F0 (int_lr_params).
+                    p = dict(utt.prosody)
+                    lines.append(
+                        f"(set! int_lr_params (list (list 'target_f0_mean {p['f0_hz']}) "
+                        f"(list 'target_f0_std {p['f0_std_hz']}) (list 'model_f0_mean 170) (list 'model_f0_std 34)))"
+                    )
             # Text is lowercase letters, apostrophes and spaces: safe inside a Scheme string.
             # unwind-protect keeps one failing sentence from ending the whole batch.
             synth_and_save = f'(utt.save.wave (utt.synth (Utterance Text "{utt.spoken}")) "{raw}" \'riff)'
@@ -658,8 +717,9 @@ def write_manifests(
     """Write lhotse recordings/supervisions/cuts of every synthesized utterance of ``plan``, per split.
 
     Recording, supervision and cut share the utterance id; each cut spans its whole recording. With
-    ``record_augment``, each supervision's ``custom`` is ``{"voice", "engine_speed", "transforms"}``
-    (the transforms' :meth:`describe` dicts in the order applied; ``[]`` for a clean utterance).
+    ``record_augment``, each supervision's ``custom`` is ``{"voice", "engine_speed", "prosody",
+    "transforms"}`` (the engine options of voice variation, ``{}`` for none; the transforms'
+    :meth:`describe` dicts in the order applied, ``[]`` for a clean utterance).
     """
     import soundfile
     from lhotse import AudioSource, CutSet, MonoCut, Recording, RecordingSet, SupervisionSegment, SupervisionSet
@@ -694,7 +754,12 @@ def write_manifests(
                 language=lang.lhotse_name,
                 speaker=utt.voice.speaker,
                 custom=(
-                    {"voice": utt.voice.speaker, "engine_speed": utt.speed, "transforms": describe_chain(utt.augment)}
+                    {
+                        "voice": utt.voice.speaker,
+                        "engine_speed": utt.speed,
+                        "prosody": dict(utt.prosody),
+                        "transforms": describe_chain(utt.augment),
+                    }
                     if record_augment
                     else None
                 ),
@@ -732,6 +797,7 @@ def synthesize_corpus(
     language: str = "en",
     augment: AugmentConfig | None = None,
     augment_splits: Sequence[str] = ("train",),
+    vary_voices: bool = False,
 ) -> dict[str, CutSet]:
     """Build (or finish) the corpus in ``out_dir``; returns ``{"train"|"dev"|"test": CutSet}``.
 
@@ -742,7 +808,8 @@ def synthesize_corpus(
 
     ``augment`` (default: none) gives the utterances of ``augment_splits`` random acoustic chains
     (see :func:`plan_corpus`), makes the noise bank in ``out_dir/noise`` first, and records voice
-    and transforms in the supervisions (:func:`write_manifests`).
+    and transforms in the supervisions (:func:`write_manifests`). ``vary_voices`` draws per-utterance
+    engine options for the utterances of ``augment_splits`` (:func:`sample_prosody`), recorded likewise.
     """
     if language not in LANGUAGES:
         raise ValueError(f"unknown language {language!r}; choose from {', '.join(LANGUAGES)}")
@@ -768,6 +835,7 @@ def synthesize_corpus(
         augment=augment,
         augment_splits=augment_splits,
         noise_dir=noise_dir,
+        vary_voices=vary_voices,
     )
     if noise_dir is not None and any(t.kind == "noise" for u in plan for t in u.augment):
         build_noise_bank(plan, noise_dir, seed)
@@ -777,4 +845,4 @@ def synthesize_corpus(
         log.warning("%d of %d utterances failed and are left out:\n  %s", len(errors), len(plan), sample)
         if len(errors) > max_failed_fraction * len(plan):
             raise RuntimeError(f"{len(errors)} of {len(plan)} utterances failed, e.g.:\n  {sample}")
-    return write_manifests(plan, out_dir, language, record_augment=augment is not None)
+    return write_manifests(plan, out_dir, language, record_augment=augment is not None or vary_voices)
