@@ -54,3 +54,34 @@ def test_recognizer_with_compiled_encoder_decodes_as_the_eager_one(tmp_path):
     compiled = Recognizer.from_checkpoint(path, compile=True).transcribe_batch(clips, 16000)
     assert [r.text for r in compiled] == [r.text for r in eager]
     assert any(r.text for r in eager)
+
+
+def test_online_recognizer_with_compiled_streaming_forward_decodes_as_the_eager_one(tmp_path):
+    from asr.data.tokenizer import build_char_tokenizer
+    from asr.streaming import OnlineRecognizer
+
+    from helpers.streaming_models import streaming_options, tiny_causal_model
+
+    build_char_tokenizer(["abcdefghij"], tmp_path / "lang")
+    model = tiny_causal_model("zipformer-xs", tmp_path / "lang")
+    rng = np.random.default_rng(0)
+    clips = [(0.1 * rng.standard_normal(int(16000 * seconds))).astype(np.float32) for seconds in (2.3, 1.7, 3.1)]
+
+    def decode(rec: OnlineRecognizer) -> list:
+        # One stream alone, then three together at different positions: batch sizes 1, 3, 2 and 1.
+        results = []
+        for group in ([clips[0]], clips):
+            streams = [rec.create_stream() for _ in group]
+            for stream, clip in zip(streams, group):
+                stream.accept_waveform(16000, clip)
+                stream.input_finished()
+            rec.decode_to_end(streams)
+            results += [rec.get_result(s) for s in streams]
+        return results
+
+    options = streaming_options("zipformer-xs", "greedy")
+    eager = decode(OnlineRecognizer(model, options, endpoint=None))
+    compiled = decode(OnlineRecognizer(model, options, endpoint=None, compile=True))
+    assert [r.token_ids for r in compiled] == [r.token_ids for r in eager]
+    assert [r.timestamps for r in compiled] == [r.timestamps for r in eager]
+    assert all(r.token_ids for r in eager)

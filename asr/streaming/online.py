@@ -203,6 +203,9 @@ class OnlineRecognizer:
             (``encoder.chunk_frame_ms``); by default chunks of 320 ms and four chunks of left context.
         endpoint: the endpoint rules, or None for no endpointing.
         scorers: scorers to use instead of those ``options`` name.
+        compile: run the encoder's ``streaming_forward`` through ``torch.compile`` (dynamic shapes, so any
+            number of streams per step reuses the compiled code; the first steps compile, minutes on a CPU).
+            Chunks have one shape, so the compiled step pays off on every chunk after that.
     Raises:
         ValueError: a model that cannot stream, a search without the head it needs, or bad options.
     """
@@ -213,6 +216,7 @@ class OnlineRecognizer:
         options: DecodingOptions | None = None,
         endpoint: EndpointConfig | None = EndpointConfig(),
         scorers: Sequence[Scorer] | None = None,
+        compile: bool = False,
     ):
         options = options if options is not None else DecodingOptions()
         if getattr(model, "tokenizer", None) is None:
@@ -246,6 +250,11 @@ class OnlineRecognizer:
             ModifiedBeamSearch(model, options.beam, self.scorers) if options.method == "modified_beam_search" else None
         )
         self._device = next(model.parameters()).device
+        if compile and not isinstance(model, torch.nn.Module):
+            raise ValueError(f"compile needs a PyTorch model, not a {type(model).__name__}")
+        self._streaming_forward = (
+            torch.compile(encoder.streaming_forward, dynamic=True) if compile else encoder.streaming_forward
+        )
 
     @classmethod
     def from_checkpoint(
@@ -256,11 +265,13 @@ class OnlineRecognizer:
         options: DecodingOptions | None = None,
         endpoint: EndpointConfig | None = EndpointConfig(),
         backend: str = "torch",
+        compile: bool = False,
         **option_values,
     ) -> OnlineRecognizer:
         """A recognizer over the causal model in ``path``; options as a :class:`DecodingOptions` or its fields.
         ``backend="onnxruntime"``: ``path`` is a streaming ``asr export onnx`` directory, whose graphs
-        onnxruntime runs (:mod:`asr.export.backend`), with the chunk and left context it was exported with."""
+        onnxruntime runs (:mod:`asr.export.backend`), with the chunk and left context it was exported with.
+        ``compile``: see :class:`OnlineRecognizer` (torch only)."""
         from asr.export.backend import load_backend_model, onnx_stream_options
 
         options = replace(options or DecodingOptions(), **option_values)
@@ -268,7 +279,7 @@ class OnlineRecognizer:
         if backend == "onnxruntime":
             chunk_size, left = onnx_stream_options(model, options.chunk_size, options.left_context_frames)
             options = replace(options, chunk_size=chunk_size, left_context_frames=left)
-        return cls(model, options, endpoint)
+        return cls(model, options, endpoint, compile=compile)
 
     @property
     def chunk_seconds(self) -> float:
@@ -310,7 +321,7 @@ class OnlineRecognizer:
         batch_dims = encoder.state_batch_dims()
         states = [torch.cat([s._states[i] for s in ready], dim=d) for i, d in enumerate(batch_dims)]
         with encoder.streaming(self.chunk_size, self.left_context_frames):
-            y, y_lens, new_states = encoder.streaming_forward(x, x_lens, states)
+            y, y_lens, new_states = self._streaming_forward(x, x_lens, states)
         for i, d in enumerate(batch_dims):
             for stream, state in zip(ready, new_states[i].split(1, dim=d)):
                 stream._states[i] = state

@@ -20,12 +20,16 @@ lazily loaded library kernels are resident), over one untimed warm-up step and t
 activations, gradients and allocator slack, not parameters or inputs. The workers run with fixed glibc
 malloc thresholds (``WORKER_MALLOC_ENV``) so that RSS follows live memory. On CUDA peak memory is
 ``torch.cuda.max_memory_allocated`` over the timed steps (parameters included). Time is the fastest of
-``--repeats`` timed steps. Every time and memory figure is also given as a ratio to the ``--reference``
+``--repeats`` timed steps. With ``--compile`` each encoder runs through ``torch.compile(dynamic=True)``
+(as ``asr train --compile`` and ``Recognizer(..., compile=True)`` do); its compilation happens in an
+extra full-size step before the peak memory is reset, so neither its time nor its memory is counted.
+Every time and memory figure is also given as a ratio to the ``--reference``
 encoder (a Conformer by default) measured in the same run, same duration and mode. Prints a table and
 writes JSON.
 
     .venv/bin/python tools/bench/encoders.py [--encoders NAMES] [--reference conformer-small]
-        [--durations 10,30] [--batch 4] [--repeats 2] [--threads 2] [--device cpu] [--causal] [--json PATH]
+        [--durations 10,30] [--batch 4] [--repeats 2] [--threads 2] [--device cpu] [--causal] [--compile]
+        [--json PATH]
 """
 
 from __future__ import annotations
@@ -134,6 +138,9 @@ def _run_worker(args: argparse.Namespace) -> dict:
     # The same step on one 1 s utterance first, so that lazily initialised kernels and buffers of the
     # math libraries are resident before the baseline and do not count as the batch's memory.
     step(x[:1, :100], x_lens[:1].clamp(max=100))
+    if args.compile:
+        model.compile(dynamic=True)
+        step(x, x_lens)  # compiles (dynamic shapes: the 1 s step reuses nothing of a static graph)
     model.zero_grad(set_to_none=True)
     peak_was_reset = _reset_peak_rss()
     rss_before = _proc_status_bytes("VmRSS")
@@ -162,6 +169,7 @@ def _run_worker(args: argparse.Namespace) -> dict:
         "preset": preset,
         "overrides": overrides,
         "causal": args.causal,
+        "compiled": args.compile,
         "mode": args.mode,
         "batch": args.batch,
         "seconds": args.seconds,
@@ -176,25 +184,29 @@ def _run_worker(args: argparse.Namespace) -> dict:
 
 
 def _run_case(args: argparse.Namespace, encoder: str, seconds: float, mode: str) -> dict:
-    command = [
-        sys.executable,
-        __file__,
-        "--worker",
-        "--encoder",
-        encoder,
-        "--mode",
-        mode,
-        "--batch",
-        str(args.batch),
-        "--seconds",
-        str(seconds),
-        "--repeats",
-        str(args.repeats),
-        "--threads",
-        str(args.threads),
-        "--device",
-        args.device,
-    ] + (["--causal"] if args.causal else [])
+    command = (
+        [
+            sys.executable,
+            __file__,
+            "--worker",
+            "--encoder",
+            encoder,
+            "--mode",
+            mode,
+            "--batch",
+            str(args.batch),
+            "--seconds",
+            str(seconds),
+            "--repeats",
+            str(args.repeats),
+            "--threads",
+            str(args.threads),
+            "--device",
+            args.device,
+        ]
+        + (["--causal"] if args.causal else [])
+        + (["--compile"] if args.compile else [])
+    )
     result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **WORKER_MALLOC_ENV})
     if result.returncode != 0:
         lines = result.stderr.strip().splitlines() or [f"exit status {result.returncode}"]
@@ -297,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--causal", action="store_true", help="build the streaming variants")
+    parser.add_argument("--compile", action="store_true", help="time the encoders through torch.compile")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--encoder", help=argparse.SUPPRESS)
@@ -321,7 +334,8 @@ def main(argv: list[str] | None = None) -> int:
 
     header = (
         f"batch {args.batch} x {','.join(f'{d:g}' for d in durations)} s of fbank (100 frames/s), "
-        f"{args.threads} thread(s), {args.device}, causal={args.causal}, reference {args.reference}"
+        f"{args.threads} thread(s), {args.device}, causal={args.causal}, compiled={args.compile}, "
+        f"reference {args.reference}"
     )
     print(header, flush=True)
     models = _describe_models(labels, args.causal)
@@ -345,6 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         "threads": args.threads,
         "device": args.device,
         "causal": args.causal,
+        "compiled": args.compile,
         "reference": args.reference,
         "machine": platform.platform(),
         "python": platform.python_version(),

@@ -33,12 +33,12 @@ icefall itself is not a dependency of ``asr``: only its files are read, from a d
 Getting icefall's files from a git clone or bare mirror (``encoder_interface.py`` is a symlink in the recipe dir;
 the option follows it)::
 
-    .venv/bin/python tools/bench/icefall_zipformer.py --extract-from-git /work/.mirror/k2-fsa+icefall/repo \\
+    .venv/bin/python tools/bench/icefall_zipformer.py --extract-from-git path/to/icefall \\
         --icefall-dir /tmp/icefall_zipformer
 
 or by hand::
 
-    G="git --git-dir=/work/.mirror/k2-fsa+icefall/repo"; D=egs/librispeech/ASR; mkdir -p /tmp/icefall_zipformer
+    G="git --git-dir=path/to/icefall"; D=egs/librispeech/ASR; mkdir -p /tmp/icefall_zipformer
     for f in zipformer scaling subsampling; do $G show HEAD:$D/zipformer/$f.py > /tmp/icefall_zipformer/$f.py; done
     $G show HEAD:$D/transducer_stateless/encoder_interface.py > /tmp/icefall_zipformer/encoder_interface.py
 

@@ -17,10 +17,12 @@ model the delay from the word's last sample adds the model's own emission lag.)
 Backends (``--backend torch,onnxruntime``): the same OnlineRecognizer over the torch model and over its
 streaming ONNX export run by onnxruntime (``--export-dir``, or the model exported into a temporary directory
 with the chunk and left context given here), on the same streams, reported side by side; ``--threads`` is
-torch's threads and onnxruntime's intra-op threads per graph.
+torch's threads and onnxruntime's intra-op threads per graph. ``torch-compiled`` is the torch model with
+``OnlineRecognizer(..., compile=True)``: its compilation (one graph for a single stream, one for batches of
+streams) happens in warm-up steps on 1 and 2 streams before anything is timed.
 
     .venv/bin/python tools/bench/streaming.py [--threads 1] [--streams 1,4,16,32] [--seconds 20]
-        [--backend torch,onnxruntime [--export-dir D]]
+        [--backend torch,torch-compiled,onnxruntime [--export-dir D]]
 """
 
 from __future__ import annotations
@@ -140,6 +142,13 @@ def recognizers(args: argparse.Namespace, options: DecodingOptions, work_dir: Pa
         if backend == "torch":
             model = make_model(args.checkpoint) if model is None else model
             recs[backend] = OnlineRecognizer(model, options, endpoint=None)
+        elif backend == "torch-compiled":
+            model = make_model(args.checkpoint) if model is None else model
+            recs[backend] = OnlineRecognizer(model, options, endpoint=None, compile=True)
+            start = time.perf_counter()
+            for streams in (1, 2):  # size 1 gets a graph of its own under dynamic shapes
+                throughput(recs[backend], clips(streams, 2.0, None))
+            print(f"torch-compiled: compiled in {time.perf_counter() - start:.0f} s (warm-up, not timed)")
         elif backend == "onnxruntime":
             from asr.export import export_onnx
             from asr.export.backend import load_onnx_model
@@ -158,7 +167,7 @@ def recognizers(args: argparse.Namespace, options: DecodingOptions, work_dir: Pa
             onnx_model = load_onnx_model(export_dir, num_threads=args.threads)
             recs[backend] = OnlineRecognizer(onnx_model, options, endpoint=None)
         else:
-            raise SystemExit(f"--backend: {backend!r} is not one of torch, onnxruntime")
+            raise SystemExit(f"--backend: {backend!r} is not one of torch, torch-compiled, onnxruntime")
     return recs
 
 
@@ -174,7 +183,7 @@ def main() -> None:
     parser.add_argument("--chunk-size", type=int, default=16, help="in 20 ms frames (16 = 320 ms)")
     parser.add_argument("--left-context-frames", type=int, default=64)
     parser.add_argument("--method", default="greedy", choices=("greedy", "modified_beam_search"))
-    parser.add_argument("--backend", default="torch", help="comma list of torch, onnxruntime")
+    parser.add_argument("--backend", default="torch", help="comma list of torch, torch-compiled, onnxruntime")
     parser.add_argument(
         "--export-dir", type=Path, default=None, help="a streaming `asr export onnx` dir (default: export the model)"
     )
