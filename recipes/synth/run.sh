@@ -39,11 +39,16 @@ word_list=/usr/share/dict/american-english-large
 chunk_size=0
 average_batches=500
 real_speech=1
+augment=none
+vary_voices=false
 
 usage="usage: $0 [--stage N] [--stop-stage M] [options]
   --stage, --stop-stage  first and last stage to run ($stage, $stop_stage)
   --num-utts N           corpus size over all splits ($num_utts; 10000 is about 8 h of audio)
   --seed S               corpus seed ($seed)
+  --augment KINDS        acoustic augmentation of train: none, all, or kinds of asr data synth --augment
+                         (pitch,reverb,noise,band,clip,codec,level) ($augment)
+  --vary-voices B        vary each training voice's pitch, pauses and delivery (true|false, $vary_voices)
   --data-dir DIR         corpus, features and lang dir ($data_dir)
   --exp-dir DIR          checkpoints, tensorboard, decode results ($exp_dir)
   --encoder NAME         encoder preset ($encoder; see asr train --help)
@@ -76,6 +81,7 @@ usage="usage: $0 [--stage N] [--stop-stage M] [options]
 . "$repo/recipes/common/stages.sh"
 . "$repo/recipes/common/parse_options.sh"
 need_int stage stop_stage
+case "$vary_voices" in true | false) ;; *) echo "$0: --vary-voices must be true or false, got '$vary_voices'" >&2; exit 2 ;; esac
 need_asr
 
 fbank_dir=$data_dir/fbank
@@ -91,7 +97,10 @@ fi
 
 if stage_selected 0; then
   log "Stage 0: TTS corpus of $num_utts utterances -> $data_dir"
-  asr data synth --out-dir "$data_dir" --num-utts "$num_utts" --seed "$seed" --num-workers "$nj"
+  corpus_options=()
+  [ "$augment" = none ] || corpus_options+=(--augment "$augment")
+  [ "$vary_voices" = false ] || corpus_options+=(--vary-voices)
+  asr data synth --out-dir "$data_dir" --num-utts "$num_utts" --seed "$seed" --num-workers "$nj" "${corpus_options[@]}"
 fi
 
 if stage_selected 1; then
