@@ -49,6 +49,10 @@ def test_synth_recipe_end_to_end(tmp_path):
         "0.25",
         "--speed-perturb",
         "one-of",
+        "--augment",
+        "reverb,level",
+        "--vary-voices",
+        "true",
         "--real-speech",  # 22 minutes of real prompts: `asr data real-speech` is tested on its own
         "0",
     ]
@@ -72,6 +76,15 @@ def test_synth_recipe_end_to_end(tmp_path):
         _texts(data / "synth_cuts_test.jsonl.gz")
     )
     assert (data / "fbank" / ".train.done").read_text().strip() == "one-of"
+
+    # --augment and --vary-voices reached the corpus: train's utterances record their transforms and engine
+    # options (festival's HTS voice has none to vary), dev and test are clean.
+    with gzip.open(data / "synth_supervisions_train.jsonl.gz", "rt", encoding="utf-8") as f:
+        records = [json.loads(line)["custom"] for line in f]
+    assert all(r["transforms"] and r["transforms"][-1]["type"] == "level" for r in records)
+    assert sum(bool(r["prosody"]) for r in records) > len(records) // 2
+    with gzip.open(data / "synth_supervisions_test.jsonl.gz", "rt", encoding="utf-8") as f:
+        assert all(not json.loads(line)["custom"]["transforms"] for line in f)
 
     # --lr-epochs reached the trainer (the preset's value is 2).
     checkpoint = torch.load(exp / "epoch-1.pt", map_location="cpu", weights_only=False)
