@@ -210,7 +210,9 @@ def _run_case(args: argparse.Namespace, encoder: str, seconds: float, mode: str)
     result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **WORKER_MALLOC_ENV})
     if result.returncode != 0:
         lines = result.stderr.strip().splitlines() or [f"exit status {result.returncode}"]
-        return {"encoder": encoder, "seconds": seconds, "mode": mode, "error": lines[-1]}
+        # The exception's own line, not the hints torch prints after it.
+        errors = [line for line in lines if "Error" in line.split(":", 1)[0]]
+        return {"encoder": encoder, "seconds": seconds, "mode": mode, "error": (errors or lines)[-1]}
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
