@@ -385,3 +385,23 @@ def test_synth_vary_voices_records_the_options(tmp_path):
                 assert 20 <= record["prosody"]["pitch"] <= 80 and record["prosody"]["word_gap"] in range(5)
             else:
                 assert record["prosody"] == {}
+
+
+def test_an_engine_stopped_by_ctrl_c_interrupts_the_run(tmp_path, monkeypatch):
+    """Ctrl-C reaches the engines as well as the parent; an engine it stopped is an interruption, not a
+    failed utterance (whichever the parent sees first)."""
+    import signal
+    import subprocess
+
+    real_run = subprocess.run
+
+    def stopped_engine(cmd, *args, **kwargs):
+        if cmd[0] == "espeak-ng":
+            return subprocess.CompletedProcess(cmd, -signal.SIGINT, b"", b"")
+        return real_run(cmd, *args, **kwargs)
+
+    monkeypatch.setattr(subprocess, "run", stopped_engine)
+    plan = synth.plan_corpus([f"sentence number {i} is here now" for i in range(40)], 6, seed=1, engines=["espeak"])
+    with pytest.raises(KeyboardInterrupt):
+        synth.run_plan(plan, tmp_path, num_workers=1, progress=False)
+    assert not list(tmp_path.glob("audio/*/*.wav"))

@@ -171,6 +171,8 @@ _FESTIVAL_VOICE_PACKAGES = {
     "cmu_us_slt_arctic_hts": "festvox-us-slt-hts",
 }
 FESTIVAL_BATCH = 40  # utterances per festival process
+# An engine stopped by Ctrl-C: the run was interrupted, the utterance did not fail.
+INTERRUPTED = "was interrupted (SIGINT)"
 
 
 @dataclass(frozen=True)
@@ -480,6 +482,8 @@ class Synthesizer:
 
     def _run(self, cmd: list[str], what: str) -> None:
         result = subprocess.run(cmd, capture_output=True)
+        if result.returncode == -signal.SIGINT:
+            raise RuntimeError(f"{what} {INTERRUPTED}")
         if result.returncode != 0:
             message = result.stderr.decode(errors="replace").strip()[-500:]
             raise RuntimeError(f"{what} failed (exit {result.returncode}): {message}")
@@ -660,6 +664,9 @@ def run_plan(
                     errors.update((utt_id, error) for utt_id, error in results if error)
                     bar.update(len(results))
     bar.close()
+    # Ctrl-C reaches the engines too; one that it stopped first must not pass for a failed utterance.
+    if any(INTERRUPTED in error for error in errors.values()):
+        raise KeyboardInterrupt
     return errors
 
 
