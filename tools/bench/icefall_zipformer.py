@@ -67,14 +67,15 @@ import sys
 import time
 import types
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-REPO = Path(__file__).resolve().parents[2]
+from asr.nn import swoosh_l_forward, swoosh_l_forward_and_deriv, swoosh_r_forward, swoosh_r_forward_and_deriv
+
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "icefall_zipformer.json"
 RECIPE_DIR = "egs/librispeech/ASR/zipformer"
 ICEFALL_FILES = ("zipformer.py", "scaling.py", "subsampling.py", "encoder_interface.py")
@@ -111,72 +112,31 @@ ICEFALL_MEDIUM: dict[str, Any] = dict(
 
 
 # ---- stand-ins for k2 and icefall.utils -------------------------------------------------------------------------
-SWOOSH_COEFF = 0.08
-SWOOSH_L = (4.0, 0.035)  # (shift, offset): swoosh(x) = log(1 + e^(x - shift)) - 0.08 x - offset
-SWOOSH_R = (1.0, 0.313261687)
-
-
-def _compute(x: Tensor) -> Tensor:
-    """Half and bfloat16 inputs are evaluated in float32 (scaling.py casts the result back to ``x.dtype``)."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-
-
-def _swoosh(x: Tensor, shift: float, offset: float) -> Tensor:
-    # softplus(z) = log(1 + e^z) without overflow (it returns z itself above z = 20, off by < 2.1e-9).
-    x = _compute(x)
-    return nn.functional.softplus(x - shift) - SWOOSH_COEFF * x - offset
-
-
-def _swoosh_and_deriv(x: Tensor, shift: float, offset: float) -> tuple[Tensor, Tensor]:
-    x = _compute(x)
-    return _swoosh(x, shift, offset), torch.sigmoid(x - shift) - SWOOSH_COEFF
-
-
 class _SwooshFunction(torch.autograd.Function):
-    """Swoosh whose backward multiplies by the derivative computed in forward (kept as one float tensor, as
-    large as the input), like k2's differentiable ``swoosh_l`` / ``swoosh_r``: no autograd graph through the
-    softplus."""
+    """Swoosh whose backward multiplies by the derivative computed in forward (kept as one tensor, as large
+    as the input), like k2's differentiable ``swoosh_l`` / ``swoosh_r``: no autograd graph through the
+    softplus. Values and derivative are ``asr.nn``'s (the closed forms above)."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, shift: float, offset: float) -> Tensor:
-        y, deriv = _swoosh_and_deriv(x, shift, offset)
+    def forward(ctx: Any, x: Tensor, forward_and_deriv: Callable[[Tensor], tuple[Tensor, Tensor]]) -> Tensor:
+        y, deriv = forward_and_deriv(x)
         ctx.save_for_backward(deriv)
         return y
 
     @staticmethod
-    def backward(ctx: Any, y_grad: Tensor) -> tuple[Tensor, None, None]:
+    def backward(ctx: Any, y_grad: Tensor) -> tuple[Tensor, None]:
         (deriv,) = ctx.saved_tensors
-        return (y_grad * deriv).to(y_grad.dtype), None, None
+        return (y_grad * deriv).to(y_grad.dtype), None
 
 
 def swoosh_l(x: Tensor) -> Tensor:
     """SwooshL, differentiable. ``x`` any shape; same shape out."""
-    return _SwooshFunction.apply(x, *SWOOSH_L)
+    return _SwooshFunction.apply(x, swoosh_l_forward_and_deriv)
 
 
 def swoosh_r(x: Tensor) -> Tensor:
     """SwooshR, differentiable. ``x`` any shape; same shape out."""
-    return _SwooshFunction.apply(x, *SWOOSH_R)
-
-
-def swoosh_l_forward(x: Tensor) -> Tensor:
-    """SwooshL values (called by scaling.py without autograd: no_grad, or inside its own autograd.Function)."""
-    return _swoosh(x, *SWOOSH_L)
-
-
-def swoosh_r_forward(x: Tensor) -> Tensor:
-    """SwooshR values (see :func:`swoosh_l_forward`)."""
-    return _swoosh(x, *SWOOSH_R)
-
-
-def swoosh_l_forward_and_deriv(x: Tensor) -> tuple[Tensor, Tensor]:
-    """``(SwooshL(x), SwooshL'(x))``, both shaped as ``x`` (scaling.py's ActivationDropoutAndLinear backward)."""
-    return _swoosh_and_deriv(x, *SWOOSH_L)
-
-
-def swoosh_r_forward_and_deriv(x: Tensor) -> tuple[Tensor, Tensor]:
-    """``(SwooshR(x), SwooshR'(x))``, both shaped as ``x``."""
-    return _swoosh_and_deriv(x, *SWOOSH_R)
+    return _SwooshFunction.apply(x, swoosh_r_forward_and_deriv)
 
 
 @contextlib.contextmanager
@@ -501,7 +461,6 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     load_start = load_average()
-    sys.path.insert(0, str(REPO))  # this checkout's asr, whatever is installed
     check_preset()
     ours, icefall = build_models(args.icefall_dir, args.seed)
     params = {"ours": num_params(ours), "icefall": num_params(icefall)}
