@@ -357,6 +357,10 @@ def test_save_arpa_interrupted_leaves_no_file(char_lm, tmp_path, monkeypatch):
 # --------------------------------------------------------------------------------------- Ctrl-C
 
 
+# Enough espeak utterances (a few seconds) that Ctrl-C lands mid-run on an idle machine, too.
+SYNTH_UTTS = 120
+
+
 def interrupt_when(argv: list[str], ready, timeout_s: float = 120) -> subprocess.CompletedProcess:
     """Run ``python -m asr ARGV`` in its own process group and send SIGINT to the whole group, as a
     terminal's Ctrl-C does, once ``ready()`` holds (the command has written its first output)."""
@@ -389,20 +393,20 @@ def test_ctrl_c_in_synth_is_one_line_and_a_rerun_completes(tmp_path, num_workers
     if subprocess.run(["which", "espeak-ng"], capture_output=True).returncode != 0:
         pytest.skip("espeak-ng is not installed")
     out_dir = tmp_path / "corpus"
-    argv = ["data", "synth", "--out-dir", str(out_dir), "--num-utts", "24", "--engines", "espeak"]
+    argv = ["data", "synth", "--out-dir", str(out_dir), "--num-utts", str(SYNTH_UTTS), "--engines", "espeak"]
     argv += ["--num-workers", str(num_workers), "--no-progress"]
     result = interrupt_when(argv, lambda: any(out_dir.glob("audio/*/*.wav")))
     assert_interrupted(result, "data synth")
     # Nothing half-written: every file under a final name is complete, no manifest yet.
     written = sorted(out_dir.glob("audio/*/*.wav"))
-    assert 1 <= len(written) < 24 and not list(out_dir.glob("*.jsonl.gz"))
+    assert 1 <= len(written) < SYNTH_UTTS and not list(out_dir.glob("*.jsonl.gz"))
     for wav in written:
         assert sf.info(str(wav)).frames > 0 and len(sf.read(str(wav))[0]) == sf.info(str(wav)).frames
     rerun = subprocess.run([sys.executable, "-m", "asr", *argv], env=ENV, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert f"{len(written)} of 24 utterances already synthesized" in rerun.stderr
+    assert f"{len(written)} of {SYNTH_UTTS} utterances already synthesized" in rerun.stderr
     cuts = [cut for split in ("train", "dev", "test") for cut in load_cuts(out_dir / f"synth_cuts_{split}.jsonl.gz")]
-    assert len(cuts) == 24 and all(cut.load_audio().shape[1] > 0 for cut in cuts)
+    assert len(cuts) == SYNTH_UTTS and all(cut.load_audio().shape[1] > 0 for cut in cuts)
     assert not [p for p in out_dir.rglob("*") if p.name.startswith(".")], "temporary files left behind"
 
 
