@@ -1,17 +1,23 @@
 """torch.compile of the encoders (``AsrModel.compile_encoder``, ``asr train --compile``,
-``Recognizer(compile=True)``): compiled and eager forwards give the same output, and a new batch shape
-reuses the compiled code (dynamic shapes) instead of recompiling."""
+``Recognizer(compile=True)``): compiled and eager forwards give the same output, training steps give the
+same output and gradients, and a new batch shape reuses the compiled code (dynamic shapes) instead of
+recompiling."""
 
 from __future__ import annotations
+
+import random
 
 import numpy as np
 import pytest
 import torch
 import torch._dynamo
+import torch._inductor.config
 
 from asr.encoders import build_encoder
 from asr.inference import Recognizer
 from asr.models import AsrModel
+from asr.models.asr_model import encode_checked
+from asr.training.trainer import scheduled_modules, set_batch_count
 
 from helpers.tiny_models import save_tiny_char_transducer
 
@@ -44,6 +50,38 @@ def test_compiled_encoder_equals_eager_and_does_not_recompile_for_new_shapes(nam
             y, y_lens = model.encode(*eager[1])
         torch.testing.assert_close(y, expected[1][0], rtol=0, atol=1e-4)
         assert torch.equal(y_lens, expected[1][1])
+
+
+@pytest.mark.parametrize("name", ["zipformer-xs", "conformer-xs", "efficient-conformer-xs"])
+def test_compiled_training_step_equals_eager(name):
+    """Train mode: dropout, layer skipping and the Zipformer's randomly applied balancers draw the same
+    values in both runs (the same seeds; inductor told to use eager's random ops), so outputs and every
+    parameter's gradient must agree."""
+    torch.manual_seed(0)
+    encoder = build_encoder(name).train()
+    set_batch_count(scheduled_modules(encoder), 1000.0)
+    x, x_lens = _batch(3, [300, 250])
+
+    def step(seed: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        random.seed(seed)
+        torch.manual_seed(seed)
+        encoder.zero_grad(set_to_none=True)
+        y, _ = encode_checked(encoder, x, x_lens)
+        y.square().mean().backward()
+        return y.detach(), {n: p.grad for n, p in encoder.named_parameters() if p.grad is not None}
+
+    eager = [step(seed) for seed in (1, 2)]
+    encoder.compile(dynamic=True)
+    torch._dynamo.reset()
+    with torch._inductor.config.patch(fallback_random=True):
+        compiled = [step(seed) for seed in (1, 2)]
+    for (y, grads), (y_compiled, grads_compiled) in zip(eager, compiled):
+        torch.testing.assert_close(y_compiled, y, rtol=0, atol=1e-4)
+        assert grads_compiled.keys() == grads.keys()
+        # Some gradients are ~1e-14 (a bias before a norm): compare on the scale of the largest one.
+        scale = max(g.abs().max().item() for g in grads.values())
+        for key, grad in grads.items():
+            torch.testing.assert_close(grads_compiled[key], grad, rtol=1e-3, atol=1e-4 * scale, msg=key)
 
 
 def test_recognizer_with_compiled_encoder_decodes_as_the_eager_one(tmp_path):

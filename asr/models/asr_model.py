@@ -59,6 +59,10 @@ def encode_checked(encoder: nn.Module, x: torch.Tensor, x_lens: torch.Tensor) ->
     and for utterances too short to give an output frame."""
     if x.ndim != 3 or x_lens.ndim != 1 or x.size(0) != x_lens.size(0):
         raise ValueError(f"expected x (N, T, F) and x_lens (N,), got {tuple(x.shape)}, {tuple(x_lens.shape)}")
+    # F is fixed by the model: a compiled encoder (dynamic batch and length) specialises on it. With a
+    # symbolic F, inductor cannot order the strides of the front end's (N, 1, T, F) conv input in the
+    # training graph and fails. Marking a tensor costs nothing outside torch.compile.
+    torch._dynamo.mark_static(x, 2)
     enc_out, enc_lens = encoder(x, x_lens)
     if torch.any(enc_lens <= 0):
         short = torch.nonzero(enc_lens <= 0).flatten().tolist()

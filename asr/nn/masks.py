@@ -22,6 +22,9 @@ def padding_mask(lengths: Tensor, max_len: int | None = None) -> Tensor:
     """``(N, T)`` mask, True at frames ``t >= lengths[n]``; ``T = max_len`` or ``max(lengths)``."""
     if lengths.ndim != 1:
         raise ValueError(f"padding_mask: lengths must be 1-D (N,), got shape {tuple(lengths.shape)}")
+    if max_len is not None and torch.compiler.is_compiling():
+        # The check below reads a value from the tensor: under torch.compile that breaks the graph.
+        return torch.arange(max_len, device=lengths.device) >= lengths.unsqueeze(-1)
     longest = int(lengths.max()) if lengths.numel() else 0
     T = longest if max_len is None else max_len
     if T < longest:

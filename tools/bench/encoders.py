@@ -110,6 +110,7 @@ def _reset_peak_rss() -> bool:
 def _run_worker(args: argparse.Namespace) -> dict:
     import torch
 
+    from asr.models.asr_model import encode_checked
     from asr.training.trainer import scheduled_modules, set_batch_count
 
     torch.set_num_threads(args.threads)
@@ -126,10 +127,10 @@ def _run_worker(args: argparse.Namespace) -> dict:
     def step(x: torch.Tensor, x_lens: torch.Tensor) -> None:
         if args.mode == "forward":
             with torch.no_grad():
-                y, _ = model(x, x_lens)
+                y, _ = encode_checked(model, x, x_lens)
         else:
             model.zero_grad(set_to_none=True)
-            y, _ = model(x, x_lens)
+            y, _ = encode_checked(model, x, x_lens)
             y.square().mean().backward()
         output_frames.append(y.shape[1])
 
