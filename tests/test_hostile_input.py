@@ -363,7 +363,10 @@ SYNTH_UTTS = 120
 
 def interrupt_when(argv: list[str], ready, timeout_s: float = 120) -> subprocess.CompletedProcess:
     """Run ``python -m asr ARGV`` in its own process group and send SIGINT to the whole group, as a
-    terminal's Ctrl-C does, once ``ready()`` holds (the command has written its first output)."""
+    terminal's Ctrl-C does, once ``ready()`` holds (the command has written its first output).
+
+    The command starts with SIGINT's default action: a suite launched in the background of a
+    non-interactive shell inherits SIGINT ignored, and so would the command."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "asr", *argv],
         env=ENV,
@@ -371,6 +374,7 @@ def interrupt_when(argv: list[str], ready, timeout_s: float = 120) -> subprocess
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + timeout_s
     while not ready():

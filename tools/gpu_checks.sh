@@ -14,6 +14,8 @@
 #              variant at P = 90, which ran past the step limit on an H100)
 #   losses     tools/bench/losses.py --device cuda: full vs pruned RNN-T loss
 #   encoders   tools/bench/encoders.py --device cuda: the four encoder families at ~22M parameters
+#   encoders-bf16  zipformer-small vs conformer-small under bf16 autocast, eager and compiled: a realistic
+#              training batch (64 x 15 s = 960 s of audio) and batch 4 (4 x 10 s, 4 x 30 s)
 #   train      asr train on the GPU with bf16 and fp16 autocast, half a minute each (needs DATA_DIR)
 #   ddp        the train step under torchrun with one process: the nccl path of the DDP code
 #   decode     asr decode on the GPU, greedy (needs DATA_DIR); beam-lm: beam 8 + LM
@@ -26,7 +28,7 @@
 set -u
 out=${1:?usage: gpu_checks.sh OUT_DIR [DATA_DIR] [STEPS]}
 data=${2:-.gpu}
-steps=${3:-env kernels tests attention losses encoders train ddp decode}
+steps=${3:-env kernels tests attention losses encoders encoders-bf16 train ddp decode}
 mkdir -p "$out"
 log=$out/gpu_checks.log
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -96,6 +98,15 @@ for s in $steps; do
     encoders)
       step encoders 150 $python tools/bench/encoders.py --device cuda --durations 10,30 --repeats 3 \
         --json "$out/encoders_cuda.json"
+      ;;
+    encoders-bf16)
+      pair=(tools/bench/encoders.py --device cuda --encoders zipformer-small,conformer-small --amp bf16 --repeats 3)
+      step encoders-bf16-b64 180 $python "${pair[@]}" --batch 64 --durations 15 --json "$out/encoders_cuda_bf16_b64.json"
+      step encoders-bf16-b64-compiled 420 $python "${pair[@]}" --batch 64 --durations 15 --compile \
+        --json "$out/encoders_cuda_bf16_b64_compiled.json"
+      step encoders-bf16-b4 150 $python "${pair[@]}" --durations 10,30 --json "$out/encoders_cuda_bf16_b4.json"
+      step encoders-bf16-b4-compiled 420 $python "${pair[@]}" --durations 10,30 --compile \
+        --json "$out/encoders_cuda_bf16_b4_compiled.json"
       ;;
     *)
       echo "unknown step $s" | tee -a "$log"

@@ -44,7 +44,8 @@ HELP = {
     "max_batches": "stop, after a checkpoint, when this many batches are trained in total",
     "device": "auto (the process's GPU when there is one, else the CPU), cpu, cuda, cuda:N",
     "compile": "run the encoder through torch.compile (dynamic shapes, so batch lengths do not recompile; "
-    "the first batches wait for the compilation)",
+    "the first batches wait for the compilation; the Zipformer's randomly applied balancers and whitening "
+    "split its training graph, so it gains less than the Conformer family)",
     "model_kwargs": "JSON object of AsrModel options (decoder_dim, joiner_dim, ...)",
     "encoder_kwargs": "JSON object of encoder config overrides",
     "noise_cuts": "CutSet of noise to mix into training cuts",

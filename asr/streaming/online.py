@@ -203,9 +203,10 @@ class OnlineRecognizer:
             (``encoder.chunk_frame_ms``); by default chunks of 320 ms and four chunks of left context.
         endpoint: the endpoint rules, or None for no endpointing.
         scorers: scorers to use instead of those ``options`` name.
-        compile: run the encoder's ``streaming_forward`` through ``torch.compile`` (dynamic shapes, so any
-            number of streams per step reuses the compiled code; the first steps compile, minutes on a CPU).
-            Chunks have one shape, so the compiled step pays off on every chunk after that.
+        compile: run the encoder's ``streaming_forward`` through ``torch.compile`` with dynamic shapes:
+            three graphs serve every number of streams per step (one stream, 2-15, 16 or more: torch's
+            convolution picks its memory format by batch size); the first step of each compiles, minutes
+            on a CPU. Chunks have one shape, so nothing recompiles after that.
     Raises:
         ValueError: a model that cannot stream, a search without the head it needs, or bad options.
     """

@@ -23,13 +23,16 @@ malloc thresholds (``WORKER_MALLOC_ENV``) so that RSS follows live memory. On CU
 ``--repeats`` timed steps. With ``--compile`` each encoder runs through ``torch.compile(dynamic=True)``
 (as ``asr train --compile`` and ``Recognizer(..., compile=True)`` do); its compilation happens in an
 extra full-size step before the peak memory is reset, so neither its time nor its memory is counted.
+``--amp bf16`` (or ``fp16``) runs each step under ``torch.autocast`` in that dtype, as ``asr train --amp``
+does (GPU training at a realistic batch: ``--device cuda --batch 64 --durations 15 --amp bf16``, 960 s of
+audio per batch).
 Every time and memory figure is also given as a ratio to the ``--reference``
 encoder (a Conformer by default) measured in the same run, same duration and mode. Prints a table and
 writes JSON.
 
     .venv/bin/python tools/bench/encoders.py [--encoders NAMES] [--reference conformer-small]
         [--durations 10,30] [--batch 4] [--repeats 2] [--threads 2] [--device cpu] [--causal] [--compile]
-        [--json PATH]
+        [--amp off|bf16|fp16] [--json PATH]
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ import time
 from pathlib import Path
 
 MODES = ("forward", "train")
+AMP_DTYPES = ("off", "bf16", "fp16")
 DEFAULT_JSON = Path(__file__).parent / "results" / "encoders.json"
 # glibc otherwise raises its mmap threshold as large blocks are freed and keeps later ones on the heap,
 # so RSS would depend on allocation history (two runs of one training step measured 40% apart); with
@@ -123,15 +127,18 @@ def _run_worker(args: argparse.Namespace) -> dict:
     x = torch.randn(args.batch, frames, 80, device=device)
     x_lens = torch.full((args.batch,), frames, dtype=torch.int64, device=device)
     output_frames = []
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
 
     def step(x: torch.Tensor, x_lens: torch.Tensor) -> None:
-        if args.mode == "forward":
-            with torch.no_grad():
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            if args.mode == "forward":
+                with torch.no_grad():
+                    y, _ = encode_checked(model, x, x_lens)
+            else:
+                model.zero_grad(set_to_none=True)
                 y, _ = encode_checked(model, x, x_lens)
-        else:
-            model.zero_grad(set_to_none=True)
-            y, _ = encode_checked(model, x, x_lens)
-            y.square().mean().backward()
+        if args.mode == "train":
+            y.float().square().mean().backward()
         output_frames.append(y.shape[1])
 
     model.train(args.mode == "train")
@@ -171,6 +178,7 @@ def _run_worker(args: argparse.Namespace) -> dict:
         "overrides": overrides,
         "causal": args.causal,
         "compiled": args.compile,
+        "amp": args.amp,
         "mode": args.mode,
         "batch": args.batch,
         "seconds": args.seconds,
@@ -178,6 +186,7 @@ def _run_worker(args: argparse.Namespace) -> dict:
         "output_dim": model.output_dim,
         "output_frames": output_frames[-1],
         "seconds_per_batch": min(times),
+        "utterances_per_second": args.batch / min(times),
         "all_times": times,
         "peak_memory_bytes": peak,
         "memory_kind": memory_kind,
@@ -207,6 +216,7 @@ def _run_case(args: argparse.Namespace, encoder: str, seconds: float, mode: str)
         ]
         + (["--causal"] if args.causal else [])
         + (["--compile"] if args.compile else [])
+        + ["--amp", args.amp]
     )
     result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **WORKER_MALLOC_ENV})
     if result.returncode != 0:
@@ -313,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--causal", action="store_true", help="build the streaming variants")
     parser.add_argument("--compile", action="store_true", help="time the encoders through torch.compile")
+    parser.add_argument("--amp", choices=AMP_DTYPES, default="off", help="torch.autocast dtype of each step")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--encoder", help=argparse.SUPPRESS)
@@ -338,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     header = (
         f"batch {args.batch} x {','.join(f'{d:g}' for d in durations)} s of fbank (100 frames/s), "
         f"{args.threads} thread(s), {args.device}, causal={args.causal}, compiled={args.compile}, "
-        f"reference {args.reference}"
+        f"amp={args.amp}, reference {args.reference}"
     )
     print(header, flush=True)
     models = _describe_models(labels, args.causal)
@@ -363,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": args.device,
         "causal": args.causal,
         "compiled": args.compile,
+        "amp": args.amp,
         "reference": args.reference,
         "machine": platform.platform(),
         "python": platform.python_version(),
