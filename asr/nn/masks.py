@@ -23,12 +23,14 @@ def padding_mask(lengths: Tensor, max_len: int | None = None) -> Tensor:
     if lengths.ndim != 1:
         raise ValueError(f"padding_mask: lengths must be 1-D (N,), got shape {tuple(lengths.shape)}")
     if max_len is not None and torch.compiler.is_compiling():
-        # The check below reads a value from the tensor: under torch.compile that breaks the graph.
-        return torch.arange(max_len, device=lengths.device) >= lengths.unsqueeze(-1)
-    longest = int(lengths.max()) if lengths.numel() else 0
-    T = longest if max_len is None else max_len
-    if T < longest:
-        raise ValueError(f"padding_mask: max_len {T} is shorter than the longest length {longest}")
+        # Checking max_len against the lengths reads a value from the tensor, which under torch.compile
+        # breaks the graph: a compiled caller's max_len is taken as it is.
+        T = max_len
+    else:
+        longest = int(lengths.max()) if lengths.numel() else 0
+        T = longest if max_len is None else max_len
+        if T < longest:
+            raise ValueError(f"padding_mask: max_len {T} is shorter than the longest length {longest}")
     return torch.arange(T, device=lengths.device) >= lengths.unsqueeze(-1)
 
 
